@@ -1,0 +1,29 @@
+"""Typed exceptions: every user-facing failure is one of these, with the fix named."""
+
+
+class TwodtmError(Exception):
+    """Base class of every error twodtm raises for bad input or a failed run."""
+
+
+class ConfigError(TwodtmError, ValueError):
+    """A configuration field is missing, malformed or out of range."""
+
+
+class InputFileError(TwodtmError):
+    """An input file is missing, unreadable, truncated or not what was expected."""
+
+
+class InputDataError(TwodtmError, ValueError):
+    """Input data are readable but unusable (NaN pixels, constant image, sizes)."""
+
+
+class DeviceError(TwodtmError):
+    """A requested compute device does not exist or cannot hold the work."""
+
+
+class OutputExistsError(TwodtmError):
+    """An output would overwrite an existing result without permission."""
+
+
+class CheckpointError(TwodtmError):
+    """A checkpoint is corrupt, truncated, or belongs to another configuration."""

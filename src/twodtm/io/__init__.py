@@ -1,0 +1,1 @@
+"""File input and output: MRC maps, particle tables and search results."""

@@ -1,0 +1,234 @@
+"""Orientation grids, symmetry and Euler-angle conventions.
+
+Euler angles are ZYZ in degrees, (phi, theta, psi), with RELION's and cisTEM's
+meaning: the rotation matrix is ``R = Rz(phi) @ Ry(theta) @ Rz(psi)`` and the
+projection image at that orientation is ``p(x, y) = integral V(R @ (x, y, z)) dz``,
+equivalently its 2D DFT samples the volume DFT on the plane ``R @ (kx, ky, 0)``.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import re
+from typing import Literal
+
+import torch
+from torch_so3 import get_symmetry_ranges, get_uniform_euler_angles
+
+from twodtm.errors import ConfigError
+
+BaseGrid = Literal["uniform", "healpix"]
+_SYMMETRY = re.compile(r"^(C|D)([1-9][0-9]*)$|^(T|O|I)$")
+
+
+def _rz(angle: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(angle), torch.sin(angle)
+    zero, one = torch.zeros_like(angle), torch.ones_like(angle)
+    rows = [
+        torch.stack([c, -s, zero], -1),
+        torch.stack([s, c, zero], -1),
+        torch.stack([zero, zero, one], -1),
+    ]
+    return torch.stack(rows, -2)
+
+
+def _ry(angle: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(angle), torch.sin(angle)
+    zero, one = torch.zeros_like(angle), torch.ones_like(angle)
+    rows = [
+        torch.stack([c, zero, s], -1),
+        torch.stack([zero, one, zero], -1),
+        torch.stack([-s, zero, c], -1),
+    ]
+    return torch.stack(rows, -2)
+
+
+def euler_to_matrix(angles: torch.Tensor) -> torch.Tensor:
+    """Rotation matrices from ZYZ Euler angles.
+
+    Parameters
+    ----------
+    angles : torch.Tensor
+        ``(..., 3)`` (phi, theta, psi) in degrees.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., 3, 3)`` matrices ``Rz(phi) Ry(theta) Rz(psi)`` acting on xyz columns.
+    """
+    radians = torch.deg2rad(angles)
+    phi, theta, psi = radians.unbind(-1)
+    return _rz(phi) @ _ry(theta) @ _rz(psi)
+
+
+def matrix_to_euler(matrices: torch.Tensor) -> torch.Tensor:
+    """ZYZ Euler angles in degrees from rotation matrices (inverse of the above).
+
+    Parameters
+    ----------
+    matrices : torch.Tensor
+        ``(..., 3, 3)`` rotation matrices.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., 3)`` (phi, theta, psi), phi and psi in [0, 360), theta in [0, 180].
+    """
+    m = matrices
+    theta = torch.arccos(torch.clamp(m[..., 2, 2], -1.0, 1.0))
+    phi = torch.atan2(m[..., 1, 2], m[..., 0, 2])
+    psi = torch.atan2(m[..., 2, 1], -m[..., 2, 0])
+    # At theta = 0 or 180 only phi + psi (or phi - psi) is defined: put it in phi.
+    gimbal = torch.sin(theta).abs() < 1e-6
+    phi_g = torch.atan2(m[..., 1, 0], m[..., 0, 0])
+    phi = torch.where(gimbal, phi_g, phi)
+    psi = torch.where(gimbal, torch.zeros_like(psi), psi)
+    angles = torch.rad2deg(torch.stack([phi, theta, psi], -1))
+    wrapped = torch.remainder(angles[..., [0, 2]], 360.0)
+    return torch.stack([wrapped[..., 0], angles[..., 1], wrapped[..., 1]], -1)
+
+
+def parse_symmetry(symmetry: str) -> tuple[str, int]:
+    """Split a point-group name such as ``C1``, ``D7``, ``T``, ``O``, ``I``.
+
+    Raises
+    ------
+    ConfigError
+        For an unknown name, listing the accepted forms.
+    """
+    text = symmetry.strip().upper()
+    match = _SYMMETRY.match(text)
+    if match is None:
+        raise ConfigError(
+            f"unknown symmetry {symmetry!r}: use Cn or Dn (n >= 1), T, O or I."
+        )
+    if match.group(1):
+        return match.group(1), int(match.group(2))
+    return match.group(3), 1
+
+
+def orientation_grid(
+    in_plane_step: float,
+    out_of_plane_step: float,
+    symmetry: str = "C1",
+    base_grid: BaseGrid = "uniform",
+) -> torch.Tensor:
+    """Euler angles covering the asymmetric unit of SO(3) (Hopf fibration).
+
+    Parameters
+    ----------
+    in_plane_step : float
+        Step of psi in degrees.
+    out_of_plane_step : float
+        Angular spacing of viewing directions (theta) in degrees.
+    symmetry : str
+        Point group of the template; the viewing directions are limited to its
+        asymmetric unit.
+    base_grid : {"uniform", "healpix"}
+        Sampling of the sphere of viewing directions.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, 3)`` float64 (phi, theta, psi) in degrees.
+    """
+    group, order = parse_symmetry(symmetry)
+    ranges = get_symmetry_ranges(group, order)
+    return get_uniform_euler_angles(
+        psi_step=in_plane_step,
+        theta_step=out_of_plane_step,
+        phi_min=ranges.phi_min,
+        phi_max=ranges.phi_max,
+        theta_min=ranges.theta_min,
+        theta_max=ranges.theta_max,
+        base_grid_method=base_grid,
+    ).to(torch.float64)
+
+
+def random_rotations(n: int, generator: torch.Generator) -> torch.Tensor:
+    """``(n, 3, 3)`` rotations drawn uniformly (Haar measure) on SO(3).
+
+    Uses normalised 4D Gaussian vectors as unit quaternions, which are uniform on
+    the 3-sphere and hence give Haar-uniform rotations (not uniform Euler angles).
+    """
+    q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
+    w, x, y, z = (q / q.norm(dim=1, keepdim=True)).unbind(-1)
+    rows = [
+        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
+        torch.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
+        torch.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+    ]
+    return torch.stack(rows, -2)
+
+
+def _axis_rotation(axis: tuple[float, float, float], degrees: float) -> torch.Tensor:
+    a = torch.tensor(axis, dtype=torch.float64)
+    a = a / a.norm()
+    k = torch.tensor(
+        [[0.0, -a[2], a[1]], [a[2], 0.0, -a[0]], [-a[1], a[0], 0.0]],
+        dtype=torch.float64,
+    )
+    t = math.radians(degrees)
+    return torch.eye(3, dtype=torch.float64) + math.sin(t) * k + (1 - math.cos(t)) * k @ k
+
+
+def _close_group(generators: list[torch.Tensor]) -> torch.Tensor:
+    elements = [torch.eye(3, dtype=torch.float64)]
+    frontier = list(elements)
+    while frontier:
+        found = []
+        for g, m in itertools.product(generators, frontier):
+            candidate = g @ m
+            if all((candidate - e).abs().max() > 1e-6 for e in elements):
+                elements.append(candidate)
+                found.append(candidate)
+        frontier = found
+    return torch.stack(elements)
+
+
+def symmetry_operators(symmetry: str) -> torch.Tensor:
+    """``(G, 3, 3)`` rotation matrices of a point group (RELION's axis conventions).
+
+    Cn and Dn have their n-fold axis along z (Dn's 2-fold axes along x); T, O and I
+    use the standard 2-fold and 3-fold axes about the origin.
+    """
+    group, order = parse_symmetry(symmetry)
+    z_axis = _axis_rotation((0, 0, 1), 360.0 / order)
+    generators = {
+        "C": [z_axis],
+        "D": [z_axis, _axis_rotation((1, 0, 0), 180.0)],
+        "T": [_axis_rotation((0, 0, 1), 180.0), _axis_rotation((1, 1, 1), 120.0)],
+        "O": [_axis_rotation((0, 0, 1), 90.0), _axis_rotation((1, 1, 1), 120.0)],
+        "I": [
+            _axis_rotation((0, 0, 1), 180.0),
+            _axis_rotation((1, 1, 1), 120.0),
+            _axis_rotation((0, 1, (1 + math.sqrt(5)) / 2), 72.0),
+        ],
+    }[group]
+    return _close_group(generators)
+
+
+def angular_distance(
+    rotations_a: torch.Tensor, rotations_b: torch.Tensor, symmetry: str = "C1"
+) -> torch.Tensor:
+    """Geodesic distance on SO(3) in degrees, minimised over the symmetry group.
+
+    Parameters
+    ----------
+    rotations_a, rotations_b : torch.Tensor
+        ``(..., 3, 3)`` rotation matrices (broadcasting).
+    symmetry : str
+        Point group of the object; ``R`` and ``R @ S`` describe the same pose.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(...)`` angles in degrees in [0, 180].
+    """
+    ops = symmetry_operators(symmetry).to(rotations_a)
+    a = rotations_a.unsqueeze(-3) @ ops  # (..., G, 3, 3)
+    relative = a.transpose(-1, -2) @ rotations_b.unsqueeze(-3)
+    trace = relative.diagonal(dim1=-2, dim2=-1).sum(-1)
+    cos = torch.clamp((trace - 1.0) / 2.0, -1.0, 1.0)
+    return torch.rad2deg(torch.arccos(cos)).amin(-1)

@@ -1,0 +1,1 @@
+"""The global search: search space, engine, statistics, executors and checkpoints."""

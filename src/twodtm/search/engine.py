@@ -1,0 +1,240 @@
+"""The device-agnostic search engine: projections, image-side filters, statistics.
+
+Per orientation batch the engine extracts Fourier slices of the template
+(torch-fourier-slice), transforms each projection once to the image size with a
+pruned FFT, and then, for every filter f (defocus x pixel size), multiplies by the
+image DFT pre-multiplied by that filter, normalises by the filtered projection's
+norm (Parseval, exact, as one matrix product) and inverse transforms. Everything
+runs on the device of the input tensors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch_fourier_slice import extract_central_slices_rfft_3d
+
+from twodtm.ctf import Optics, ctf_stack
+from twodtm.preprocess import PreparedImage
+from twodtm.search.space import SearchSpace
+from twodtm.search.statistics import SearchStatistics
+
+
+@dataclass(frozen=True)
+class SearchInputs:
+    """Tensors the engine needs, all on one device.
+
+    Attributes
+    ----------
+    template_dft : torch.Tensor
+        ``(p, p, p // 2 + 1)`` template from ``preprocess.prepare_template``.
+    template_size : int
+        Box size t of the projections (before the template's Fourier padding).
+    filtered_image : torch.Tensor
+        ``(P, D, H, W // 2 + 1)`` complex64: the whitened image DFT times each
+        template filter (CTF x whitening x bandpass), which is real.
+    norm_weights : torch.Tensor
+        ``(P, K, D)`` float32 with ``K = H * (W // 2 + 1)``: squared filters times
+        the rfft Parseval weights over ``H * W``, so ``|P|^2 @ norm_weights`` is
+        the squared norm of each filtered projection in real space.
+    pixel_scales : tuple[float, ...]
+        Per pixel size, the factor on slice frequencies (template / micrograph px).
+    image_shape : tuple[int, int]
+        ``(H, W)`` of the searched (padded) image.
+    """
+
+    template_dft: torch.Tensor
+    template_size: int
+    filtered_image: torch.Tensor
+    norm_weights: torch.Tensor
+    pixel_scales: tuple[float, ...]
+    image_shape: tuple[int, int]
+
+    @property
+    def n_filters(self) -> int:
+        """Filters per orientation, ``P * D``."""
+        return int(self.filtered_image.shape[0] * self.filtered_image.shape[1])
+
+    @property
+    def device(self) -> torch.device:
+        """Device of all the tensors."""
+        return self.filtered_image.device
+
+
+def parseval_weights(shape: tuple[int, int], device: torch.device | str) -> torch.Tensor:
+    """``(H, W // 2 + 1)`` weights turning an rfft2 power sum into a real-space sum.
+
+    ``sum(x**2) == (weights * |rfft2(x)|**2).sum()`` for a real ``(H, W)`` array.
+    """
+    h, w = shape
+    weights = torch.full((h, w // 2 + 1), 2.0, device=device)
+    weights[:, 0] = 1.0
+    if w % 2 == 0:
+        weights[:, -1] = 1.0
+    return weights / (h * w)
+
+
+def build_search_inputs(
+    template_dft: torch.Tensor,
+    template_size: int,
+    image: PreparedImage,
+    optics: Optics,
+    space: SearchSpace,
+    template_pixel_size: float | None = None,
+) -> SearchInputs:
+    """Assemble the engine's tensors for one micrograph and template.
+
+    Parameters
+    ----------
+    template_dft : torch.Tensor
+        Output of ``preprocess.prepare_template`` on the target device.
+    template_size : int
+        Box size of the template map.
+    image : PreparedImage
+        Output of ``preprocess.prepare_image`` on the same device.
+    optics : Optics
+        Micrograph optics; the CTF of each filter uses them.
+    space : SearchSpace
+        Defocus offsets and pixel sizes searched.
+    template_pixel_size : float, optional
+        Template voxel size; defaults to the micrograph pixel size.
+
+    Returns
+    -------
+    SearchInputs
+    """
+    device = image.whitened_dft.device
+    shape = image.padded_shape
+    template_px = optics.pixel_size if template_pixel_size is None else template_pixel_size
+    filtered, weights, scales = [], [], []
+    offsets = space.defocus_offsets.to(device=device, dtype=torch.float32)
+    parseval = parseval_weights(shape, device)
+    for pixel_size in space.pixel_sizes.tolist():
+        filters = ctf_stack(optics, offsets, shape, pixel_size) * image.template_filter
+        filtered.append(image.whitened_dft * filters)
+        weights.append((filters.square() * parseval).flatten(1).T.contiguous())
+        scales.append(template_px / pixel_size)
+    return SearchInputs(
+        template_dft=template_dft,
+        template_size=template_size,
+        filtered_image=torch.stack(filtered).to(torch.complex64),
+        norm_weights=torch.stack(weights).to(torch.float32),
+        pixel_scales=tuple(scales),
+        image_shape=shape,
+    )
+
+
+def project(inputs: SearchInputs, rotations: torch.Tensor, scale: float) -> torch.Tensor:
+    """Real-space template projections, centred in a ``t x t`` box.
+
+    Parameters
+    ----------
+    inputs : SearchInputs
+        Engine tensors.
+    rotations : torch.Tensor
+        ``(B, 3, 3)`` rotation matrices (not modified).
+    scale : float
+        Magnification of the slice frequencies (pixel-size search).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, t, t)`` float32, projection centre at index ``t // 2``.
+    """
+    matrices = rotations.to(device=inputs.device, dtype=torch.float32) * scale
+    slices = extract_central_slices_rfft_3d(inputs.template_dft, matrices.clone())
+    slices = torch.fft.ifftshift(slices, dim=-2)
+    p = inputs.template_dft.shape[0]
+    real = torch.fft.fftshift(torch.fft.irfft2(slices, s=(p, p)), dim=(-2, -1))
+    t = inputs.template_size
+    start = p // 2 - t // 2
+    return real[..., start : start + t, start : start + t]
+
+
+def padded_dft(projections: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """rfft2 of centred ``(B, t, t)`` boxes placed at the origin of an ``(H, W)`` image.
+
+    Equivalent to wrapping each box around pixel (0, 0) of a zero image and taking
+    ``rfft2``, but only the t rows that hold data are transformed along x.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(B, H, W // 2 + 1)`` complex64.
+    """
+    b, t = projections.shape[0], projections.shape[-1]
+    h, w = shape
+    half = t // 2
+    rows = projections.new_zeros((b, t, w))
+    rows[..., : t - half] = projections[..., half:]
+    rows[..., w - half :] = projections[..., :half]
+    rows_dft = torch.fft.rfft(rows, dim=-1)
+    full = rows_dft.new_zeros((b, h, w // 2 + 1))
+    full[:, : t - half] = rows_dft[:, half:]
+    full[:, h - half :] = rows_dft[:, :half]
+    return torch.fft.fft(full, dim=-2)
+
+
+def projection_dfts(
+    inputs: SearchInputs, rotations: torch.Tensor, pixel_index: int
+) -> torch.Tensor:
+    """Image-size DFTs ``(B, H, W // 2 + 1)`` of the projections at one pixel size."""
+    return padded_dft(project(inputs, rotations, inputs.pixel_scales[pixel_index]), inputs.image_shape)
+
+
+def filter_norms(inputs: SearchInputs, dfts: torch.Tensor, pixel_index: int) -> torch.Tensor:
+    """Real-space norms ``(B, D)`` of every projection under every defocus filter."""
+    power = dfts.abs().square().flatten(1)
+    return (power @ inputs.norm_weights[pixel_index]).clamp_min(1e-30).sqrt()
+
+
+def correlate(
+    inputs: SearchInputs, dft: torch.Tensor, norms: torch.Tensor, pixel_index: int
+) -> torch.Tensor:
+    """Normalised cross-correlations ``(D, H, W)`` of one projection with the image.
+
+    Parameters
+    ----------
+    dft : torch.Tensor
+        ``(H, W // 2 + 1)`` projection DFT from ``projection_dfts``.
+    norms : torch.Tensor
+        ``(D,)`` its filtered norms from ``filter_norms``.
+    """
+    product = inputs.filtered_image[pixel_index] * dft.conj()
+    maps = torch.fft.irfft2(product, s=inputs.image_shape)
+    return maps / norms[:, None, None]
+
+
+def search_orientations(
+    inputs: SearchInputs,
+    rotations: torch.Tensor,
+    first_orientation: int,
+    statistics: SearchStatistics,
+    crop: tuple[int, int] | None = None,
+) -> None:
+    """Correlate a batch of orientations and fold the maps into ``statistics``.
+
+    Parameters
+    ----------
+    inputs : SearchInputs
+        Engine tensors.
+    rotations : torch.Tensor
+        ``(B, 3, 3)`` rotations of orientations ``first_orientation + b``.
+    first_orientation : int
+        Search-space index of the first rotation.
+    statistics : SearchStatistics
+        Accumulator on the engine's device, updated in place.
+    crop : tuple[int, int], optional
+        Accumulate only the top-left region (the unpadded micrograph).
+    """
+    h, w = crop if crop is not None else inputs.image_shape
+    n_defocus = inputs.filtered_image.shape[1]
+    n_pixel = inputs.filtered_image.shape[0]
+    for pixel_index in range(n_pixel):
+        dfts = projection_dfts(inputs, rotations, pixel_index)
+        norms = filter_norms(inputs, dfts, pixel_index)
+        for b in range(dfts.shape[0]):
+            maps = correlate(inputs, dfts[b], norms[b], pixel_index)
+            first = ((first_orientation + b) * n_pixel + pixel_index) * n_defocus
+            statistics.update(maps[:, :h, :w], first)

@@ -1,0 +1,102 @@
+"""The search space: orientations x pixel sizes x defocus offsets, and its chunks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """A half-open range ``[start, stop)`` of orientation indices."""
+
+    start: int
+    stop: int
+
+    @property
+    def size(self) -> int:
+        """Number of orientations in the chunk."""
+        return self.stop - self.start
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """Everything the global search visits.
+
+    The flat index of a correlation is
+    ``i = (orientation * n_pixel_sizes + pixel) * n_defocus + defocus``, so the
+    filters of one orientation are contiguous.
+
+    Attributes
+    ----------
+    euler_angles : torch.Tensor
+        ``(N, 3)`` float64 ZYZ (phi, theta, psi) in degrees.
+    defocus_offsets : torch.Tensor
+        ``(D,)`` float64 offsets from the micrograph defocus, Angstrom.
+    pixel_sizes : torch.Tensor
+        ``(P,)`` float64 micrograph pixel sizes searched, Angstrom.
+    """
+
+    euler_angles: torch.Tensor
+    defocus_offsets: torch.Tensor
+    pixel_sizes: torch.Tensor
+
+    @property
+    def n_orientations(self) -> int:
+        """Number of orientations N."""
+        return int(self.euler_angles.shape[0])
+
+    @property
+    def n_defocus(self) -> int:
+        """Number of defocus offsets D."""
+        return int(self.defocus_offsets.shape[0])
+
+    @property
+    def n_pixel_sizes(self) -> int:
+        """Number of pixel sizes P."""
+        return int(self.pixel_sizes.shape[0])
+
+    @property
+    def n_filters(self) -> int:
+        """Filters per orientation, ``P * D``."""
+        return self.n_defocus * self.n_pixel_sizes
+
+    @property
+    def size(self) -> int:
+        """Total number of correlations per pixel."""
+        return self.n_orientations * self.n_filters
+
+    def decode(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Split flat indices into (orientation, pixel-size, defocus) indices."""
+        orientation = torch.div(index, self.n_filters, rounding_mode="floor")
+        rest = index - orientation * self.n_filters
+        pixel = torch.div(rest, self.n_defocus, rounding_mode="floor")
+        return orientation, pixel, rest - pixel * self.n_defocus
+
+    def chunks(self, chunk_size: int) -> list[Chunk]:
+        """Split the orientations into consecutive chunks of at most ``chunk_size``."""
+        step = max(int(chunk_size), 1)
+        n = self.n_orientations
+        return [Chunk(s, min(s + step, n)) for s in range(0, n, step)]
+
+    def summary(self) -> dict[str, int]:
+        """Sizes for result metadata."""
+        return {
+            "orientations": self.n_orientations,
+            "defocus_values": self.n_defocus,
+            "pixel_sizes": self.n_pixel_sizes,
+            "correlations_per_pixel": self.size,
+        }
+
+
+def inclusive_range(minimum: float, maximum: float, step: float) -> torch.Tensor:
+    """``minimum, minimum + step, ...`` up to ``maximum`` inclusive, float64.
+
+    A zero-width range (``minimum == maximum``) gives the single value.
+    """
+    if maximum <= minimum:
+        return torch.tensor([float(minimum)], dtype=torch.float64)
+    count = int(round((maximum - minimum) / step)) + 1
+    values = minimum + step * torch.arange(count, dtype=torch.float64)
+    return values[values <= maximum + 1e-9 * abs(step)]

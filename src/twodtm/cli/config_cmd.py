@@ -1,0 +1,34 @@
+"""``twodtm config``: commented example configurations."""
+
+from __future__ import annotations
+
+import sys
+from importlib import resources
+from typing import Annotated
+
+import typer
+
+from twodtm.errors import ConfigError
+
+EXAMPLES = {"match": "match.example.yaml"}
+
+
+def example_text(program: str) -> str:
+    """Commented example YAML of ``program``."""
+    if program not in EXAMPLES:
+        raise ConfigError(f"no example for {program!r}: choose one of {sorted(EXAMPLES)}")
+    return resources.files("twodtm.data").joinpath(EXAMPLES[program]).read_text("utf-8")
+
+
+def config_example(
+    program: Annotated[str, typer.Argument(help="program whose config to print")] = "match",
+) -> None:
+    """Print a commented example configuration."""
+    sys.stdout.write(example_text(program))
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``twodtm config example`` to ``app``."""
+    group = typer.Typer(help="Configuration files.", no_args_is_help=True)
+    group.command("example")(config_example)
+    app.add_typer(group, name="config")

@@ -3,22 +3,36 @@
 Per orientation batch the engine extracts Fourier slices of the template
 (torch-fourier-slice), transforms each projection once to the image size with a
 pruned FFT, and then, for every filter f (defocus x pixel size), multiplies by the
-image DFT pre-multiplied by that filter, normalises by the filtered projection's
-norm (Parseval, exact, as one matrix product) and inverse transforms. Everything
-runs on the device of the input tensors.
+image DFT pre-multiplied by that filter and inverse transforms into a buffer reused
+for every orientation. The maps of all filters of one orientation are then divided by
+the filtered projections' norms (Parseval, exact, as one matrix product) and folded
+into the statistics in one pass (``SearchStatistics.update``, fused when
+``SearchInputs.fused``). Everything runs on the device of the input tensors.
+
+``SearchInputs.precision == "fp16"`` (CUDA only) runs the inverse FFT in half
+precision: the product is pre-scaled by ``1 / (H W norm)`` so that every value of the
+transform stays near the unit-variance correlations, far from float16 overflow.
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 from torch_fourier_slice import extract_central_slices_rfft_3d
 
 from twodtm.ctf import Optics, ctf_stack
+from twodtm.errors import DeviceError
 from twodtm.preprocess import PreparedImage
 from twodtm.search.space import SearchSpace
 from twodtm.search.statistics import SearchStatistics
+
+Precision = Literal["fp32", "fp16"]
+# Below this many pixel-correlations (n * H * W) the compile time of the fused
+# statistics kernel (~20-40 s on 2 CPU cores) costs more than it saves.
+FUSED_MIN_WORK = 2e9
 
 
 @dataclass(frozen=True)
@@ -42,6 +56,11 @@ class SearchInputs:
         Per pixel size, the factor on slice frequencies (template / micrograph px).
     image_shape : tuple[int, int]
         ``(H, W)`` of the searched (padded) image.
+    precision : {"fp32", "fp16"}
+        Precision of the inverse FFTs; "fp16" needs CUDA and power-of-two sizes.
+    fused : bool
+        Fold each orientation's maps into the statistics with the compiled
+        one-pass kernel (``statistics.fused_accumulate``).
     """
 
     template_dft: torch.Tensor
@@ -50,6 +69,8 @@ class SearchInputs:
     norm_weights: torch.Tensor
     pixel_scales: tuple[float, ...]
     image_shape: tuple[int, int]
+    precision: Precision = "fp32"
+    fused: bool = False
 
     @property
     def n_filters(self) -> int:
@@ -62,7 +83,9 @@ class SearchInputs:
         return self.filtered_image.device
 
 
-def parseval_weights(shape: tuple[int, int], device: torch.device | str) -> torch.Tensor:
+def parseval_weights(
+    shape: tuple[int, int], device: torch.device | str
+) -> torch.Tensor:
     """``(H, W // 2 + 1)`` weights turning an rfft2 power sum into a real-space sum.
 
     ``sum(x**2) == (weights * |rfft2(x)|**2).sum()`` for a real ``(H, W)`` array.
@@ -106,7 +129,9 @@ def build_search_inputs(
     """
     device = image.whitened_dft.device
     shape = image.padded_shape
-    template_px = optics.pixel_size if template_pixel_size is None else template_pixel_size
+    template_px = (
+        optics.pixel_size if template_pixel_size is None else template_pixel_size
+    )
     filtered, weights, scales = [], [], []
     offsets = space.defocus_offsets.to(device=device, dtype=torch.float32)
     parseval = parseval_weights(shape, device)
@@ -125,7 +150,9 @@ def build_search_inputs(
     )
 
 
-def project(inputs: SearchInputs, rotations: torch.Tensor, scale: float) -> torch.Tensor:
+def project(
+    inputs: SearchInputs, rotations: torch.Tensor, scale: float
+) -> torch.Tensor:
     """Real-space template projections, centred in a ``t x t`` box.
 
     Parameters
@@ -146,7 +173,12 @@ def project(inputs: SearchInputs, rotations: torch.Tensor, scale: float) -> torc
     slices = extract_central_slices_rfft_3d(inputs.template_dft, matrices.clone())
     slices = torch.fft.ifftshift(slices, dim=-2)
     p = inputs.template_dft.shape[0]
-    real = torch.fft.fftshift(torch.fft.irfft2(slices, s=(p, p)), dim=(-2, -1))
+    # One transform per orientation: batched FFTs round differently depending on
+    # the batch's size, and the statistics must not depend on how work is batched.
+    real = torch.stack(
+        [torch.fft.irfft2(s, s=(p, p)) for s in slices.reshape(-1, *slices.shape[-2:])]
+    )
+    real = torch.fft.fftshift(real.reshape(*slices.shape[:-2], p, p), dim=(-2, -1))
     t = inputs.template_size
     start = p // 2 - t // 2
     return real[..., start : start + t, start : start + t]
@@ -180,10 +212,14 @@ def projection_dfts(
     inputs: SearchInputs, rotations: torch.Tensor, pixel_index: int
 ) -> torch.Tensor:
     """Image-size DFTs ``(B, H, W // 2 + 1)`` of the projections at one pixel size."""
-    return padded_dft(project(inputs, rotations, inputs.pixel_scales[pixel_index]), inputs.image_shape)
+    return padded_dft(
+        project(inputs, rotations, inputs.pixel_scales[pixel_index]), inputs.image_shape
+    )
 
 
-def filter_norms(inputs: SearchInputs, dfts: torch.Tensor, pixel_index: int) -> torch.Tensor:
+def filter_norms(
+    inputs: SearchInputs, dfts: torch.Tensor, pixel_index: int
+) -> torch.Tensor:
     """Real-space norms ``(B, D)`` of every projection under every defocus filter."""
     power = dfts.abs().square().flatten(1)
     return (power @ inputs.norm_weights[pixel_index]).clamp_min(1e-30).sqrt()
@@ -204,6 +240,131 @@ def correlate(
     product = inputs.filtered_image[pixel_index] * dft.conj()
     maps = torch.fft.irfft2(product, s=inputs.image_shape)
     return maps / norms[:, None, None]
+
+
+def use_fused(
+    device: torch.device | str, n_correlations: int, shape: tuple[int, int]
+) -> bool:
+    """Whether the compiled statistics kernel pays for its compile time.
+
+    Always on CUDA; on the CPU from ``FUSED_MIN_WORK`` pixel-correlations on.
+    """
+    if torch.device(device).type == "cuda":
+        return True
+    return n_correlations * shape[0] * shape[1] >= FUSED_MIN_WORK
+
+
+def check_precision(
+    precision: str, device: torch.device, shape: tuple[int, int]
+) -> None:
+    """Raise ``DeviceError`` if ``precision`` cannot run on ``device`` at ``shape``."""
+    if precision == "fp32":
+        return
+    if precision != "fp16":
+        raise DeviceError(
+            f"compute.precision: unknown value {precision!r}; use fp32 or fp16"
+        )
+    if device.type != "cuda":
+        raise DeviceError(
+            "compute.precision: fp16 FFTs need a CUDA device; use fp32 on the CPU"
+        )
+    if any(n & (n - 1) for n in shape):
+        raise DeviceError(
+            f"compute.precision: fp16 FFTs need power-of-two sizes, the padded image "
+            f"is {shape[0]}x{shape[1]}; crop or pad the micrograph, or use fp32"
+        )
+
+
+def auto_batch_size(
+    device: torch.device, image_shape: tuple[int, int], n_filters: int = 1
+) -> int:
+    """Orientations per engine call that fit in a quarter of the free memory.
+
+    Each orientation of a batch holds one ``(H, W // 2 + 1)`` complex64 DFT per
+    pixel size; the workspace (``n_filters`` products and maps) is paid once. On
+    the CPU, where larger batches gain little, the result is at most 8.
+    """
+    h, w = image_shape
+    per_orientation = h * (w // 2 + 1) * 8 * 2
+    fixed = n_filters * h * (w // 2 + 1) * 12
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        ceiling = 64
+    else:
+        free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        ceiling = 8
+    return int(max(1, min(ceiling, (0.25 * free - fixed) // per_orientation)))
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Buffers reused for every orientation of a batch (no allocation per map).
+
+    Attributes
+    ----------
+    product : torch.Tensor
+        ``(D, H, W // 2 + 1)`` filtered image times the projection's conjugate DFT.
+    maps : torch.Tensor
+        ``(D, H, W)`` inverse transforms of ``product``.
+    """
+
+    product: torch.Tensor
+    maps: torch.Tensor
+
+
+def workspace(inputs: SearchInputs) -> Workspace:
+    """Allocate the buffers for ``inputs`` (half precision when it is fp16)."""
+    d = int(inputs.filtered_image.shape[1])
+    h, w = inputs.image_shape
+    half = inputs.precision == "fp16"
+    return Workspace(
+        product=torch.empty(
+            (d, h, w // 2 + 1),
+            dtype=torch.complex32 if half else torch.complex64,
+            device=inputs.device,
+        ),
+        maps=torch.empty(
+            (d, h, w),
+            dtype=torch.float16 if half else torch.float32,
+            device=inputs.device,
+        ),
+    )
+
+
+def filtered_products(
+    inputs: SearchInputs,
+    dft: torch.Tensor,
+    norms: torch.Tensor,
+    pixel_index: int,
+    space: Workspace,
+) -> torch.Tensor:
+    """Every filtered image times ``conj(dft)``, written into ``space.product``.
+
+    In fp16 the product is also scaled by ``1 / (H W norms)`` (see the module notes).
+
+    Returns
+    -------
+    torch.Tensor
+        ``space.product``, ``(D, H, W // 2 + 1)``.
+    """
+    filtered = inputs.filtered_image[pixel_index]
+    if inputs.precision == "fp16":
+        h, w = inputs.image_shape
+        scale = (1.0 / (norms * (h * w)))[:, None, None]
+        return space.product.copy_(filtered * dft.conj() * scale)
+    return torch.mul(filtered, dft.conj(), out=space.product)
+
+
+def inverse_transforms(inputs: SearchInputs, space: Workspace) -> torch.Tensor:
+    """``irfft2`` of ``space.product`` into ``space.maps`` (``(D, H, W)``).
+
+    In fp32 the maps still need dividing by the norms (the statistics update does
+    it); in fp16 they are already normalised.
+    """
+    norm = "forward" if inputs.precision == "fp16" else "backward"
+    return torch.fft.irfft2(
+        space.product, s=inputs.image_shape, norm=norm, out=space.maps
+    )
 
 
 def search_orientations(
@@ -229,12 +390,14 @@ def search_orientations(
         Accumulate only the top-left region (the unpadded micrograph).
     """
     h, w = crop if crop is not None else inputs.image_shape
-    n_defocus = inputs.filtered_image.shape[1]
-    n_pixel = inputs.filtered_image.shape[0]
+    n_pixel, n_defocus = (int(n) for n in inputs.filtered_image.shape[:2])
+    space = workspace(inputs)
     for pixel_index in range(n_pixel):
         dfts = projection_dfts(inputs, rotations, pixel_index)
         norms = filter_norms(inputs, dfts, pixel_index)
         for b in range(dfts.shape[0]):
-            maps = correlate(inputs, dfts[b], norms[b], pixel_index)
+            filtered_products(inputs, dfts[b], norms[b], pixel_index, space)
+            maps = inverse_transforms(inputs, space)
             first = ((first_orientation + b) * n_pixel + pixel_index) * n_defocus
-            statistics.update(maps[:, :h, :w], first)
+            divisors = None if inputs.precision == "fp16" else norms[b]
+            statistics.update(maps[:, :h, :w], first, divisors, fused=inputs.fused)

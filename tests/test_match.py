@@ -1,0 +1,128 @@
+"""End to end: a planted particle is found at its position, orientation and defocus."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from typer.testing import CliRunner
+
+from twodtm.cli import app
+from twodtm.config import MatchConfig, load_match_config, parse_config
+from twodtm.ctf import Optics, ctf_stack
+from twodtm.errors import ConfigError
+from twodtm.io.mrc import write_mrc
+from twodtm.io.results import MAP_NAMES, MatchResult
+from twodtm.match import build_search_space, match_template
+from twodtm.orientations import angular_distance, euler_to_matrix
+from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
+from twodtm.search.engine import build_search_inputs, padded_dft, project
+
+SHAPE = (112, 128)
+TRUE_XY = (70, 45)  # column, row
+TRUE_DEFOCUS_OFFSET = 400.0
+
+
+def _config_dict(tmp_path) -> dict:
+    return {
+        "micrograph": str(tmp_path / "micrograph.mrc"),
+        "template": str(tmp_path / "template.mrc"),
+        "optics": {"pixel_size": 1.0, "defocus_u": 9000.0, "defocus_v": 9000.0},
+        "defocus_search": {"min": -400.0, "max": 400.0, "step": 400.0},
+        "orientation_search": {"in_plane_step": 30.0, "out_of_plane_step": 30.0},
+        "compute": {"batch_size": 8},
+        "output": {"directory": str(tmp_path / "result")},
+    }
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory, sharp_blob):
+    blob = sharp_blob
+    """A micrograph with one particle at a grid orientation, in white noise."""
+    tmp_path = tmp_path_factory.mktemp("planted")
+    config = parse_config(MatchConfig, _config_dict(tmp_path))
+    space = build_search_space(config)
+    true_orientation = space.n_orientations // 3
+    optics = Optics(pixel_size=1.0, defocus_u=9000.0, defocus_v=9000.0)
+    dummy = prepare_image(torch.randn(SHAPE), 1.0, FilterSettings(whitening=False), False)
+    inputs = build_search_inputs(prepare_template(blob), 32, dummy, optics, space)
+    rotation = euler_to_matrix(space.euler_angles[true_orientation : true_orientation + 1])
+    ctf = ctf_stack(optics, torch.tensor([TRUE_DEFOCUS_OFFSET]), SHAPE)[0]
+    particle = torch.fft.irfft2(padded_dft(project(inputs, rotation, 1.0), SHAPE)[0] * ctf, s=SHAPE)
+    particle = torch.roll(particle, (TRUE_XY[1], TRUE_XY[0]), (0, 1))
+    g = torch.Generator().manual_seed(7)
+    image = 50.0 + torch.randn(SHAPE, generator=g) + 0.25 * particle / particle.std()
+    write_mrc(tmp_path / "micrograph.mrc", image.numpy(), 1.0)
+    write_mrc(tmp_path / "template.mrc", blob.numpy(), 1.0)
+    return tmp_path, config, space, true_orientation
+
+
+def test_planted_particle_is_found_with_its_pose_and_defocus(planted):
+    _, config, space, true_orientation = planted
+    result = match_template(config)
+    z = result.maps["zscore"]
+    row, col = np.unravel_index(np.argmax(z), z.shape)
+    assert (col, row) == TRUE_XY
+    assert z[row, col] > 7.0
+    truth = euler_to_matrix(space.euler_angles[true_orientation][None])
+    found = euler_to_matrix(
+        torch.tensor([[result.maps[a][row, col] for a in ("phi", "theta", "psi")]], dtype=torch.float64)
+    )
+    assert float(angular_distance(truth, found)[0]) < 30.0
+    assert result.maps["defocus"][row, col] == pytest.approx(9000.0 + TRUE_DEFOCUS_OFFSET)
+    assert result.metadata["total_correlations"] == space.size
+
+
+def test_cli_writes_a_result_that_loads_back(planted, tmp_path):
+    folder, config, _, _ = planted
+    config_file = tmp_path / "match.yaml"
+    data = _config_dict(folder)
+    config_file.write_text(yaml.safe_dump(data))
+    out = tmp_path / "cli-result"
+    runner = CliRunner()
+    outcome = runner.invoke(app, ["match", str(config_file), "--output", str(out)])
+    assert outcome.exit_code == 0, outcome.output
+    loaded = MatchResult.load(out)
+    assert set(loaded.maps) == set(MAP_NAMES)
+    direct = match_template(config)
+    np.testing.assert_array_equal(loaded.maps["mip"], direct.maps["mip"])
+    assert loaded.pixel_size == pytest.approx(1.0)
+    assert loaded.metadata["search_space"]["orientations"] == direct.metadata["search_space"]["orientations"]
+
+
+def test_config_round_trips_through_yaml(tmp_path):
+    original = parse_config(MatchConfig, _config_dict(tmp_path))
+    file = tmp_path / "round.yaml"
+    from twodtm.config import dump_yaml
+
+    file.write_text(dump_yaml(original))
+    assert load_match_config(file) == original
+
+
+def test_example_config_is_accepted_once_paths_are_filled(tmp_path):
+    from twodtm.cli.config_cmd import example_text
+
+    data = yaml.safe_load(example_text("match"))
+    data["micrograph"], data["template"] = "a.mrc", "b.mrc"
+    config = parse_config(MatchConfig, data)
+    assert config.orientation_search.symmetry == "C1"
+    assert config.defocus_search.offsets()[0] == -1200.0
+
+
+@pytest.mark.parametrize(
+    ("path", "value", "field"),
+    [
+        (("optics", "pixel_size"), -1.0, "optics.pixel_size"),
+        (("defocus_search", "step"), 0.0, "defocus_search"),
+        (("defocus_search", "max"), -2000.0, "defocus_search"),
+        (("orientation_search", "symmetry"), "Q3", "orientation_search.symmetry"),
+        (("compute", "batch_size"), 0, "compute.batch_size"),
+        (("optics", "defocus_uu"), 1.0, "optics.defocus_uu"),
+    ],
+)
+def test_invalid_fields_are_named(tmp_path, path, value, field):
+    data = _config_dict(tmp_path)
+    data[path[0]] = dict(data.get(path[0], {}), **{path[1]: value})
+    with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
+        parse_config(MatchConfig, data, "test.yaml")

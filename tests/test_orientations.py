@@ -1,0 +1,99 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import map_coordinates
+from scipy.spatial.transform import Rotation
+from torch_fourier_slice import project_3d_to_2d
+
+from twodtm.errors import ConfigError
+from twodtm.orientations import (
+    angular_distance,
+    euler_to_matrix,
+    matrix_to_euler,
+    orientation_grid,
+    parse_symmetry,
+    random_rotations,
+    symmetry_operators,
+)
+
+
+def test_euler_matches_scipy_intrinsic_zyz():
+    angles = torch.tensor([[30.0, 40.0, 50.0], [200.0, 170.0, 10.0], [0.0, 90.0, 270.0]])
+    expected = Rotation.from_euler("ZYZ", angles.numpy(), degrees=True).as_matrix()
+    got = euler_to_matrix(angles.double()).numpy()
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def test_matrix_to_euler_round_trip():
+    g = torch.Generator().manual_seed(3)
+    rotations = random_rotations(200, g)
+    back = euler_to_matrix(matrix_to_euler(rotations))
+    np.testing.assert_allclose(back.numpy(), rotations.numpy(), atol=1e-9)
+
+
+def test_projection_convention_against_real_space_integral(blob):
+    """p(x, y) = sum_z V(R (x, y, z)): the Fourier slice equals a real-space integral."""
+    angles = torch.tensor([[25.0, 60.0, 110.0]], dtype=torch.float64)
+    rotation = euler_to_matrix(angles)[0].numpy()
+    volume = blob.numpy().astype(np.float64)
+    t = volume.shape[0]
+    axis = np.arange(t) - t // 2
+    z, y, x = np.meshgrid(axis, axis, axis, indexing="ij")
+    xyz = np.stack([x, y, z], -1) @ rotation.T  # R @ (x, y, z)
+    coords = np.stack([xyz[..., 2], xyz[..., 1], xyz[..., 0]]) + t // 2
+    sampled = map_coordinates(volume, coords.reshape(3, -1), order=1).reshape(x.shape)
+    reference = sampled.sum(0)
+    fourier = project_3d_to_2d(blob, euler_to_matrix(angles).float())[0].numpy()
+    corr = np.corrcoef(reference.ravel(), fourier.ravel())[0, 1]
+    assert corr > 0.99
+    # the transposed rotation (the other convention) must not match as well
+    xyz_t = np.stack([x, y, z], -1) @ rotation
+    coords_t = np.stack([xyz_t[..., 2], xyz_t[..., 1], xyz_t[..., 0]]) + t // 2
+    other = map_coordinates(volume, coords_t.reshape(3, -1), order=1).reshape(x.shape).sum(0)
+    assert np.corrcoef(other.ravel(), fourier.ravel())[0, 1] < corr - 0.05
+
+
+@pytest.mark.parametrize(("name", "order"), [("C1", 1), ("C7", 7), ("D3", 6), ("T", 12), ("O", 24), ("I", 60)])
+def test_symmetry_group_orders(name, order):
+    ops = symmetry_operators(name)
+    assert ops.shape == (order, 3, 3)
+    identity = torch.eye(3, dtype=torch.float64)
+    np.testing.assert_allclose((ops @ ops.transpose(1, 2)).numpy(), identity.expand(order, 3, 3).numpy(), atol=1e-9)
+
+
+def test_unknown_symmetry_names_the_fix():
+    with pytest.raises(ConfigError, match="Cn or Dn"):
+        parse_symmetry("X5")
+
+
+def test_angular_distance_known_values():
+    a = euler_to_matrix(torch.tensor([[0.0, 0.0, 0.0]], dtype=torch.float64))
+    b = euler_to_matrix(torch.tensor([[0.0, 0.0, 30.0]], dtype=torch.float64))
+    assert math.isclose(float(angular_distance(a, b)[0]), 30.0, abs_tol=1e-6)
+    c = euler_to_matrix(torch.tensor([[0.0, 0.0, 95.0]], dtype=torch.float64))
+    # with C4 a 95 degree in-plane turn is 5 degrees from the reference pose
+    assert math.isclose(float(angular_distance(a, c, "C4")[0]), 5.0, abs_tol=1e-6)
+
+
+def test_grid_density_matches_steps():
+    grid = orientation_grid(10.0, 10.0, "C1")
+    n_psi = 36
+    # the number of viewing directions on the sphere is ~ 4 pi / (step in rad)^2
+    n_dirs = grid.shape[0] / n_psi
+    assert 0.6 * 4 * math.pi / math.radians(10) ** 2 < n_dirs < 1.6 * 4 * math.pi / math.radians(10) ** 2
+    c4 = orientation_grid(10.0, 10.0, "C4")
+    assert abs(c4.shape[0] / grid.shape[0] - 0.25) < 0.05
+
+
+def test_random_rotations_uniform_on_so3():
+    g = torch.Generator().manual_seed(0)
+    rotations = random_rotations(20000, g)
+    # Haar measure: cos(theta) uniform on [-1, 1], rotation angle density (1 - cos w) / pi
+    cos_theta = rotations[:, 2, 2].numpy()
+    hist, _ = np.histogram(cos_theta, bins=10, range=(-1, 1))
+    assert np.all(np.abs(hist / 2000 - 1) < 0.1)
+    trace = rotations.diagonal(dim1=1, dim2=2).sum(-1).numpy()
+    omega = np.arccos(np.clip((trace - 1) / 2, -1, 1))
+    assert abs(np.mean(omega) - (math.pi / 2 + 2 / math.pi)) < 0.02

@@ -1,0 +1,103 @@
+import itertools
+import random
+
+import torch
+
+from twodtm.ctf import Optics
+from twodtm.orientations import orientation_grid
+from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
+from twodtm.search.engine import build_search_inputs
+from twodtm.search.executors import SearchTask, merge_all, run_chunk
+from twodtm.search.space import SearchSpace
+from twodtm.search.statistics import QUANTUM_SCALE, SearchStatistics
+
+
+def _task(blob, n_orientations=21, batch_size=4):
+    space = SearchSpace(
+        euler_angles=orientation_grid(40.0, 40.0)[:n_orientations],
+        defocus_offsets=torch.tensor([-300.0, 0.0, 300.0], dtype=torch.float64),
+        pixel_sizes=torch.tensor([1.0], dtype=torch.float64),
+    )
+    g = torch.Generator().manual_seed(5)
+    image = prepare_image(torch.randn(72, 88, generator=g), 1.0, FilterSettings())
+    optics = Optics(pixel_size=1.0, defocus_u=7000.0, defocus_v=7000.0)
+    inputs = build_search_inputs(prepare_template(blob), 32, image, optics, space)
+    return SearchTask(inputs, space.euler_angles, image.shape, batch_size), space
+
+
+def _assert_identical(a: SearchStatistics, b: SearchStatistics) -> None:
+    assert torch.equal(a.mip, b.mip)
+    assert torch.equal(a.best_index, b.best_index)
+    assert torch.equal(a.sum, b.sum)
+    assert torch.equal(a.sum_sq, b.sum_sq)
+    assert a.count == b.count
+
+
+def test_any_chunk_split_in_any_order_gives_identical_maps(blob):
+    task, space = _task(blob)
+    whole = run_chunk(task, space.chunks(space.n_orientations)[0])
+    rng = random.Random(0)
+    for n_chunks in (3, 7):
+        size = -(-space.n_orientations // n_chunks)
+        parts = [run_chunk(task, c) for c in space.chunks(size)]
+        assert len(parts) == n_chunks
+        for _ in range(3):
+            rng.shuffle(parts)
+            _assert_identical(merge_all(parts, task.crop), whole)
+
+
+def test_batch_size_does_not_change_results(blob):
+    task, space = _task(blob, batch_size=1)
+    other, _ = _task(blob, batch_size=5)
+    chunk = space.chunks(space.n_orientations)[0]
+    _assert_identical(run_chunk(task, chunk), run_chunk(other, chunk))
+
+
+def test_merge_is_associative_and_commutative_on_random_parts():
+    g = torch.Generator().manual_seed(1)
+    parts = []
+    for k in range(4):
+        s = SearchStatistics.empty((5, 6))
+        s.update(torch.randn(3, 5, 6, generator=g) * 50, first_index=3 * k)
+        parts.append(s)
+    a, b, c, d = parts
+    left = ((a.merge(b)).merge(c)).merge(d)
+    right = a.merge(b.merge(c.merge(d)))
+    for order in itertools.permutations(parts):
+        _assert_identical(merge_all(order, (5, 6)), left)
+    _assert_identical(left, right)
+
+
+def test_ties_keep_the_lowest_index():
+    values = torch.ones(4, 2, 2)
+    first = SearchStatistics.empty((2, 2))
+    first.update(values[:2], first_index=10)
+    second = SearchStatistics.empty((2, 2))
+    second.update(values[2:], first_index=2)
+    assert torch.all(first.merge(second).best_index == 2)
+    assert torch.all(second.merge(first).best_index == 2)
+
+
+def test_mean_std_match_float64_reference():
+    g = torch.Generator().manual_seed(2)
+    values = torch.randn(50, 4, 4, generator=g) * 3 + 1
+    s = SearchStatistics.empty((4, 4))
+    s.update(values, 0)
+    mean, std = s.mean_std()
+    torch.testing.assert_close(mean, values.double().mean(0).float(), atol=1.0 / QUANTUM_SCALE, rtol=0)
+    torch.testing.assert_close(std, values.double().std(0, unbiased=False).float(), rtol=1e-4, atol=1e-4)
+    expected_z = (values.max(0).values - values.double().mean(0).float()) / values.double().std(0, unbiased=False).float()
+    torch.testing.assert_close(s.zscore(), expected_z, rtol=1e-4, atol=1e-4)
+
+
+def test_best_index_decodes_to_orientation_pixel_defocus():
+    space = SearchSpace(
+        euler_angles=torch.zeros(5, 3, dtype=torch.float64),
+        defocus_offsets=torch.zeros(3, dtype=torch.float64),
+        pixel_sizes=torch.zeros(2, dtype=torch.float64),
+    )
+    index = torch.tensor([0, 5, 6, 29])
+    o, p, d = space.decode(index)
+    assert o.tolist() == [0, 0, 1, 4]
+    assert p.tolist() == [0, 1, 0, 1]
+    assert d.tolist() == [0, 2, 0, 2]

@@ -48,6 +48,7 @@ import argparse
 import contextlib
 import importlib
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -393,13 +394,16 @@ def leopard_worker(args: argparse.Namespace) -> dict[str, Any]:
     )
     warmup_seconds = time.perf_counter() - setup_start
     timed_angles = angles[warmup:].contiguous()
-    start = time.perf_counter()
+    start, cpu_start = time.perf_counter(), time.process_time()
     result = run_leopard_search(inputs, timed_angles, batch, args.leopard_backend)
     seconds = time.perf_counter() - start
+    cpu_seconds = time.process_time() - cpu_start
     n_correlations = args.orientations * args.defocus
     return {
         "engine": "leopard-em",
         "seconds": seconds,
+        "cpu_seconds": cpu_seconds,
+        "load_average_1min": os.getloadavg()[0],
         "warmup_seconds": warmup_seconds,
         "correlations_per_second": n_correlations / seconds,
         "orientation_batch_size": batch,
@@ -580,7 +584,12 @@ def print_report(summary: dict[str, Any]) -> None:
         f"K={summary['n_orientations']} orientations, D={summary['n_defocus']} defocus"
     )
     for run in summary["leopard_runs"] + summary["twodtm_runs"]:
-        print(f"  {run['engine']:>10}: {run['correlations_per_second']:10.2f} cc/s")
+        extra = ""
+        if "cpu_seconds" in run:
+            extra = f"  (cpu {run['cpu_seconds']:.1f} s, wall {run['seconds']:.1f} s)"
+        print(
+            f"  {run['engine']:>10}: {run['correlations_per_second']:8.2f} cc/s{extra}"
+        )
     leopard_rate = summary["leopard_correlations_per_second"]
     twodtm_rate = summary["twodtm_correlations_per_second"]
     print(f"Leopard-EM (median): {leopard_rate:.2f} cross-correlations/s")

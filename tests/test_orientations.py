@@ -77,6 +77,23 @@ def test_angular_distance_known_values():
     assert math.isclose(float(angular_distance(a, c, "C4")[0]), 5.0, abs_tol=1e-6)
 
 
+def test_symmetry_acts_on_the_left_as_projections_do(sharp_blob):
+    """A symmetrised map projects identically at R and S @ R, not at R @ S."""
+    ops = symmetry_operators("C2").float()
+    # a half turn about z through voxel 16: index i -> 32 - i (mod 32) along y and x
+    half_turn = torch.roll(torch.flip(sharp_blob, dims=(1, 2)), (1, 1), dims=(1, 2))
+    volume = 0.5 * (sharp_blob + half_turn)
+    rotation = euler_to_matrix(torch.tensor([[20.0, 50.0, 70.0]])).float()
+    s = ops[1]
+    views = project_3d_to_2d(volume, torch.stack([rotation[0], s @ rotation[0], rotation[0] @ s]))
+    same = float((views[0] - views[1]).norm() / views[0].norm())
+    other = float((views[0] - views[2]).norm() / views[0].norm())
+    assert same < 0.02
+    assert other > 0.1
+    r_a, r_b = rotation.double(), (s @ rotation[0]).double()[None]
+    assert float(angular_distance(r_a, r_b, "C2")[0]) < 0.05
+
+
 def test_grid_density_matches_steps():
     grid = orientation_grid(10.0, 10.0, "C1")
     n_psi = 36

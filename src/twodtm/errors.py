@@ -27,3 +27,15 @@ class OutputExistsError(TwodtmError):
 
 class CheckpointError(TwodtmError):
     """A checkpoint is corrupt, truncated, or belongs to another configuration."""
+
+
+class SearchFailedError(TwodtmError):
+    """A chunk of the search failed on every retry; the checkpoint holds the rest."""
+
+
+class OutputWriteError(TwodtmError):
+    """An output location is a file, or not writable."""
+
+
+class BatchSizeWarning(UserWarning):
+    """The batch size was reduced because a batch did not fit in device memory."""

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 from typing import Any
@@ -18,15 +20,30 @@ from rich.progress import Progress
 from twodtm.config import MatchConfig, dump_yaml
 from twodtm.ctf import Optics
 from twodtm.devices import resolve_devices
-from twodtm.errors import InputDataError, OutputExistsError
+from twodtm.errors import OutputExistsError
 from twodtm.io.mrc import read_mrc
 from twodtm.io.results import MatchResult
 from twodtm.orientations import orientation_grid
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
+from twodtm.search.checkpoint import fingerprint
+from twodtm.search import engine
 from twodtm.search.engine import build_search_inputs
-from twodtm.search.executors import InProcessExecutor, SearchTask, merge_all
-from twodtm.search.space import SearchSpace
+from twodtm.search.executors import (
+    DaskExecutor,
+    Executor,
+    InProcessExecutor,
+    SearchTask,
+    make_executor,
+)
+from twodtm.search.runner import (
+    CheckpointPolicy,
+    remove_checkpoint,
+    run_search,
+    start_state,
+)
+from twodtm.search.space import Chunk, SearchSpace
 from twodtm.search.statistics import SearchStatistics
+from twodtm.validation import check_match_inputs, check_output_writable
 
 ProgressHook = Callable[[int, int], None]
 _VERSIONED = ("twodtm", "torch", "torch-fourier-slice", "torch-ctf", "torch-so3", "numpy")
@@ -70,43 +87,22 @@ def filter_settings(config: MatchConfig) -> FilterSettings:
     )
 
 
-def _check_image(data: np.ndarray, name: str) -> None:
-    if not np.isfinite(data).all():
-        bad = int((~np.isfinite(data)).sum())
-        raise InputDataError(
-            f"{name}: {bad} NaN or Inf pixels; mask or repair them before the search."
-        )
-    if float(data.std()) == 0.0:
-        raise InputDataError(f"{name}: the image is constant; it holds no signal.")
-
-
 def load_inputs(config: MatchConfig) -> MatchInputs:
-    """Read and check the micrograph and template named by ``config``."""
-    micrograph = read_mrc(config.micrograph)
-    template = read_mrc(config.template)
-    if micrograph.data.ndim != 2:
-        raise InputDataError(
-            f"{config.micrograph}: expected a 2D micrograph, found shape "
-            f"{micrograph.data.shape}; pass a single (motion-corrected) image."
-        )
-    volume = template.data
-    if volume.ndim != 3 or len(set(volume.shape)) != 1:
-        raise InputDataError(
-            f"{config.template}: the template must be a cubic 3D map, found shape "
-            f"{volume.shape}; pad it to a cube."
-        )
-    _check_image(micrograph.data, str(config.micrograph))
-    _check_image(volume, str(config.template))
-    if volume.shape[0] > min(micrograph.data.shape):
-        raise InputDataError(
-            f"{config.template}: template box {volume.shape[0]} px is larger than the "
-            f"micrograph {micrograph.data.shape}; crop the template."
-        )
+    """Read and check the micrograph and template named by ``config``.
+
+    Raises
+    ------
+    InputFileError, InputDataError
+        From ``io.mrc.read_mrc`` and ``validation.check_match_inputs``.
+    """
+    checked = check_match_inputs(
+        config, read_mrc(config.micrograph), read_mrc(config.template)
+    )
     return MatchInputs(
-        micrograph=micrograph.data,
-        template=volume,
+        micrograph=checked.micrograph,
+        template=checked.template,
         optics=optics_from_config(config),
-        template_pixel_size=config.optics.pixel_size,
+        template_pixel_size=checked.template_pixel_size,
     )
 
 
@@ -185,13 +181,93 @@ def prepare_task(
     search_inputs = build_search_inputs(
         template_dft, template.shape[-1], image, inputs.optics, space, inputs.template_pixel_size
     )
-    batch = config.compute.batch_size
+    compute = config.compute
+    engine.check_precision(compute.precision, device, image.padded_shape)
+    fused = compute.fused_statistics
+    if fused == "auto":
+        fused = engine.use_fused(device, space.size, image.shape)
+    search_inputs = replace(search_inputs, precision=compute.precision, fused=fused)
+    batch = compute.batch_size
     if batch == "auto":
-        batch = auto_batch_size(device, image.padded_shape)
+        batch = engine.auto_batch_size(device, image.padded_shape, space.n_filters)
     return SearchTask(search_inputs, space.euler_angles, image.shape, int(batch))
 
 
-def match_template(config: MatchConfig, progress: ProgressHook | None = None) -> MatchResult:
+CHECKPOINT_NAME = "match.checkpoint"
+# Compute settings that change how the search runs but not one bit of its result.
+_RUN_ONLY = {
+    "devices",
+    "batch_size",
+    "chunk_size",
+    "executor",
+    "workers",
+    "scheduler",
+    "checkpoint_interval_minutes",
+    "max_retries",
+    "fused_statistics",
+}
+
+
+@dataclass(frozen=True)
+class MatchTaskFactory:
+    """Builds a search's ``SearchTask`` on any device, from the config's paths.
+
+    Small to pickle: Dask workers receive the config and read the inputs themselves
+    (a shared file system is assumed); ``inputs`` is only set in-process.
+    """
+
+    config: MatchConfig
+    key: str
+    inputs: MatchInputs | None = None
+
+    def __call__(self, device: torch.device) -> SearchTask:
+        """Load the inputs (unless given) and prepare the engine on ``device``."""
+        inputs = self.inputs if self.inputs is not None else load_inputs(self.config)
+        space = build_search_space(self.config)
+        return prepare_task(self.config, inputs, space, device)
+
+
+def search_settings(config: MatchConfig, inputs: MatchInputs) -> dict[str, Any]:
+    """Everything that determines the result bits: a checkpoint must match them.
+
+    The config without input paths, output and run-only compute settings, plus
+    SHA-256 digests of the micrograph and template arrays.
+    """
+    paths = {"micrograph", "template", "output"}
+    settings = config.model_dump(mode="json", exclude=paths)
+    settings["compute"] = {
+        k: v for k, v in settings["compute"].items() if k not in _RUN_ONLY
+    }
+    for name in ("micrograph", "template"):
+        array = np.ascontiguousarray(getattr(inputs, name))
+        digest = hashlib.sha256(array.tobytes()).hexdigest()
+        settings[f"{name}_sha256"] = f"{digest}:{array.dtype}:{list(array.shape)}"
+    return settings
+
+
+def executor_for(config: MatchConfig) -> Executor:
+    """Build the executor ``config.compute`` asks for (use it in a ``with`` block)."""
+    c = config.compute
+    remote = c.scheduler is not None
+    devices = [] if remote else [str(d) for d in resolve_devices(c.devices)]
+    return make_executor(c.executor, devices, c.workers, c.scheduler, c.max_retries)
+
+
+def _plan(config: MatchConfig, space: SearchSpace, executor: Executor) -> list[Chunk]:
+    batch = config.compute.batch_size
+    if batch == "auto":
+        device = getattr(executor, "device", torch.device("cpu"))
+        batch = 4 if device.type == "cpu" else 16
+    return space.chunks(_chunk_size(config, space.n_orientations, int(batch)))
+
+
+def match_template(
+    config: MatchConfig,
+    progress: ProgressHook | None = None,
+    *,
+    executor: Executor | None = None,
+    checkpoint: CheckpointPolicy | None = None,
+) -> MatchResult:
     """Run the global search described by ``config`` and return its result.
 
     Parameters
@@ -200,34 +276,62 @@ def match_template(config: MatchConfig, progress: ProgressHook | None = None) ->
         Validated configuration (inputs are read from its paths).
     progress : callable, optional
         Called as ``progress(done, total)`` in orientations.
+    executor : Executor, optional
+        Where the chunks run (default: from ``config.compute``, closed at the end).
+    checkpoint : CheckpointPolicy, optional
+        Resume from, and save to, a checkpoint file (default: none).
 
     Returns
     -------
     MatchResult
-        Maps and metadata; nothing is written to disk.
+        Maps and metadata; nothing but the checkpoint is written to disk.
+
+    Raises
+    ------
+    CheckpointError
+        The checkpoint is corrupt or belongs to another search.
+    SearchFailedError
+        A chunk kept failing; the checkpoint holds every finished chunk.
     """
     started = time.perf_counter()
     inputs = load_inputs(config)
     space = build_search_space(config)
-    devices = resolve_devices(config.compute.devices)
-    task = prepare_task(config, inputs, space, devices[0])
-    chunks = space.chunks(_chunk_size(config, space.n_orientations, task.batch_size))
-    done = 0
+    settings = search_settings(config, inputs)
+    policy = checkpoint or CheckpointPolicy(None)
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(executor_for(config))
+        shape = (int(inputs.micrograph.shape[0]), int(inputs.micrograph.shape[1]))
+        state = start_state(policy, settings, _plan(config, space, executor), shape)
+        factory = MatchTaskFactory(config, fingerprint(settings))
+        if isinstance(executor, InProcessExecutor):
+            factory = MatchTaskFactory(config, factory.key, inputs)
+        done = sum(c.size for c in state.done)
 
-    def advance(n: int) -> None:
-        nonlocal done
-        done += n
-        if progress is not None:
-            progress(done, space.n_orientations)
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            if progress is not None:
+                progress(done, space.n_orientations)
 
-    parts = InProcessExecutor().run(task, chunks, advance)
-    stats = merge_all(parts, task.crop)
+        advance(0)
+        state = run_search(executor, factory, state, policy, advance)
+    stats = state.statistics
     elapsed = time.perf_counter() - started
     return MatchResult(
         maps=decode_maps(stats, space, inputs.optics),
         pixel_size=inputs.optics.pixel_size,
-        metadata=_metadata(config, space, stats, elapsed, devices),
+        metadata=_metadata(config, space, stats, elapsed, _describe(executor)),
     )
+
+
+def _describe(executor: Executor | None) -> list[str]:
+    if isinstance(executor, InProcessExecutor):
+        return [str(executor.device)]
+    if isinstance(executor, DaskExecutor):
+        where = executor.scheduler or "LocalCluster"
+        return [f"dask:{where}:{d}" for d in executor.devices or ("auto",)]
+    return [type(executor).__name__]
 
 
 def _metadata(
@@ -235,7 +339,7 @@ def _metadata(
     space: SearchSpace,
     stats: SearchStatistics,
     elapsed: float,
-    devices: list[torch.device],
+    devices: list[str],
 ) -> dict[str, Any]:
     return {
         "program": "match",
@@ -247,14 +351,14 @@ def _metadata(
         "image_shape": list(stats.shape),
         "run_time_s": elapsed,
         "correlations_per_second": stats.count / max(elapsed, 1e-9),
-        "devices": [str(d) for d in devices],
+        "devices": devices,
         "versions": _versions(),
     }
 
 
 def check_output_directory(directory: str | Path, overwrite: bool) -> Path:
-    """Refuse to overwrite an existing result unless allowed."""
-    out = Path(directory)
+    """Refuse to overwrite an existing result unless allowed, or an unwritable place."""
+    out = check_output_writable(directory)
     if (out / "result.json").exists() and not overwrite:
         raise OutputExistsError(
             f"{out}: holds a result already; pass --overwrite (or output.overwrite: "
@@ -268,20 +372,34 @@ def run_match(
     output: str | Path | None = None,
     overwrite: bool = False,
     progress_bar: Progress | None = None,
+    *,
+    restart: bool = False,
+    executor: Executor | None = None,
 ) -> MatchResult:
     """Search and save into ``output`` (or the config's directory), with a progress bar.
 
-    The output directory is checked before any heavy work.
+    The output directory is checked before any heavy work. A checkpoint
+    (``match.checkpoint``) is saved there every
+    ``compute.checkpoint_interval_minutes`` and when the run fails; running again
+    resumes from it (``restart=True`` discards it) and it is deleted once the
+    result is saved.
     """
     directory = check_output_directory(
         output or config.output.directory, overwrite or config.output.overwrite
     )
+    policy = CheckpointPolicy(
+        directory / CHECKPOINT_NAME,
+        60.0 * config.compute.checkpoint_interval_minutes,
+        restart,
+    )
     if progress_bar is None:
-        result = match_template(config)
+        result = match_template(config, executor=executor, checkpoint=policy)
     else:
         with progress_bar:
-            result = match_template(config, _bar_hook(progress_bar, config))
+            hook = _bar_hook(progress_bar, config)
+            result = match_template(config, hook, executor=executor, checkpoint=policy)
     result.save(directory)
+    remove_checkpoint(policy)
     return result
 
 

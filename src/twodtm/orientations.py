@@ -219,7 +219,7 @@ def angular_distance(
     rotations_a, rotations_b : torch.Tensor
         ``(..., 3, 3)`` rotation matrices (broadcasting).
     symmetry : str
-        Point group of the object; ``R`` and ``R @ S`` describe the same pose.
+        Point group of the object; ``R`` and ``S @ R`` describe the same pose.
 
     Returns
     -------
@@ -227,7 +227,8 @@ def angular_distance(
         ``(...)`` angles in degrees in [0, 180].
     """
     ops = symmetry_operators(symmetry).to(rotations_a)
-    a = rotations_a.unsqueeze(-3) @ ops  # (..., G, 3, 3)
+    # V(S r) = V(r), and a pose R projects V(R r): so S @ R is the same pose as R.
+    a = ops @ rotations_a.unsqueeze(-3)  # (..., G, 3, 3)
     relative = a.transpose(-1, -2) @ rotations_b.unsqueeze(-3)
     trace = relative.diagonal(dim1=-2, dim2=-1).sum(-1)
     cos = torch.clamp((trace - 1.0) / 2.0, -1.0, 1.0)

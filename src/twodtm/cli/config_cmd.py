@@ -10,7 +10,12 @@ import typer
 
 from twodtm.errors import ConfigError
 
-EXAMPLES = {"match": "match.example.yaml"}
+EXAMPLES = {
+    "match": "match.example.yaml",
+    "refine": "refine.example.yaml",
+    "optimize": "optimize.example.yaml",
+    "constrained": "constrained.example.yaml",
+}
 
 
 def example_text(program: str) -> str:

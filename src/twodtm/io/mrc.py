@@ -1,8 +1,15 @@
-"""MRC reading and writing with mrcfile, keeping the pixel size in the header."""
+"""MRC reading and writing with mrcfile, keeping the pixel size in the header.
+
+``read_mrc`` checks a file before it reads the data: it must exist and be readable,
+hold a valid MRC2014 header (FEI extended headers and a z voxel size of 0 are
+fine), use a real-valued mode and be long enough for the data the header
+announces. Every failure is an ``InputFileError`` naming the file and the fix.
+"""
 
 from __future__ import annotations
 
 import os
+import struct
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +19,22 @@ import numpy as np
 
 from twodtm.errors import InputFileError
 from twodtm.io.atomic import atomic_path
+
+HEADER_BYTES = 1024
+# MRC modes read as real numbers: int8, int16, float32, uint16, float16.
+_REAL_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
+_MODE_NAMES = {3: "complex int16", 4: "complex float32", 101: "packed 4-bit"}
+# What mrcfile and numpy raise on a malformed header or data block.
+_PARSE_ERRORS = (
+    ValueError,
+    OSError,
+    EOFError,
+    TypeError,
+    OverflowError,
+    IndexError,
+    KeyError,
+    struct.error,
+)
 
 
 @dataclass(frozen=True)
@@ -30,9 +53,104 @@ class MrcData:
     pixel_size: float
 
 
-def _header_pixel_size(mrc: mrcfile.mrcfile.MrcFile) -> float:
-    # The x voxel size is used: some writers leave cella z = 0 for 2D images.
-    return float(mrc.voxel_size.x)
+@dataclass(frozen=True)
+class _Layout:
+    """What the header announces: mode, shape (nz, ny, nx), extended header bytes."""
+
+    mode: int
+    shape: tuple[int, int, int]
+    extended_bytes: int
+    pixel_size: float
+
+
+def _check_file(file: Path) -> int:
+    """Size in bytes of a readable regular file, else InputFileError."""
+    if not file.exists():
+        raise InputFileError(f"{file}: file not found; check the path.")
+    if not file.is_file():
+        raise InputFileError(f"{file}: is a directory, not an MRC file; name the file.")
+    if not os.access(file, os.R_OK):
+        raise InputFileError(f"{file}: permission denied; make the file readable.")
+    size = file.stat().st_size
+    if size < HEADER_BYTES:
+        raise InputFileError(
+            f"{file}: {size} bytes is shorter than an MRC header ({HEADER_BYTES} "
+            "bytes); the file is empty or not an MRC file."
+        )
+    return size
+
+
+def _pixel_size(cella_x: float, mx: int) -> float:
+    """Return the x voxel size in Angstrom, 0.0 when the header holds no usable value.
+
+    The x size is used: some writers leave cella z = 0 for 2D images.
+    """
+    if mx <= 0 or not np.isfinite(cella_x) or cella_x <= 0:
+        return 0.0
+    return float(cella_x) / mx
+
+
+def _read_layout(file: Path) -> _Layout:
+    """Parse and check the header of ``file`` without reading its data."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(
+                file, mode="r", permissive=False, header_only=True
+            ) as mrc:
+                header = mrc.header
+                mode = int(header.mode)
+                shape = (int(header.nz), int(header.ny), int(header.nx))
+                extended = int(header.nsymbt)
+                pixel_size = _pixel_size(float(header.cella.x), int(header.mx))
+    except _PARSE_ERRORS as err:
+        raise InputFileError(
+            f"{file}: not a valid MRC header ({err}); re-export the file as MRC2014."
+        ) from None
+    if mode not in _REAL_MODES:
+        kind = _MODE_NAMES.get(mode, "unknown")
+        raise InputFileError(
+            f"{file}: MRC mode {mode} ({kind}) is not supported; convert it to "
+            "mode 2 (float32)."
+        )
+    if min(shape) < 1 or extended < 0:
+        raise InputFileError(
+            f"{file}: the header announces dimensions {shape[::-1]} (nx, ny, nz) and "
+            f"{extended} extended-header bytes; the header is corrupt, re-export it."
+        )
+    return _Layout(mode, shape, extended, pixel_size)
+
+
+def _check_length(file: Path, layout: _Layout, file_size: int) -> None:
+    """Refuse a file shorter than its header says (a truncated copy)."""
+    itemsize = np.dtype(_REAL_MODES[layout.mode]).itemsize
+    nz, ny, nx = layout.shape
+    expected = HEADER_BYTES + layout.extended_bytes + nx * ny * nz * itemsize
+    if file_size < expected:
+        raise InputFileError(
+            f"{file}: truncated: the header announces {nx} x {ny} x {nz} "
+            f"{_REAL_MODES[layout.mode]} values ({expected} bytes in all) but the file "
+            f"holds {file_size} bytes; copy or export the file again."
+        )
+
+
+def _read_data(file: Path) -> np.ndarray:
+    """Read the data block of a checked file as a float32 array."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            with mrcfile.open(file, mode="r", permissive=False) as mrc:
+                if mrc.data is None:
+                    raise ValueError("no data block")
+                return np.asarray(mrc.data, dtype=np.float32).copy()
+    except MemoryError:
+        raise InputFileError(
+            f"{file}: the data do not fit in memory; bin or crop the file."
+        ) from None
+    except _PARSE_ERRORS as err:
+        raise InputFileError(
+            f"{file}: unreadable MRC data ({err}); re-export the file as MRC2014."
+        ) from None
 
 
 def read_mrc(path: str | os.PathLike[str]) -> MrcData:
@@ -41,40 +159,34 @@ def read_mrc(path: str | os.PathLike[str]) -> MrcData:
     Parameters
     ----------
     path : str or PathLike
-        File to read. Integer modes (e.g. uint16 counts) are converted to float32;
-        a stack with a single section is returned as a 2D image.
+        File to read. Integer and float16 modes (e.g. uint16 counts) are converted
+        to float32; a single section is returned as a 2D image. Extended headers
+        (FEI1, FEI2, ...) are skipped.
 
     Returns
     -------
     MrcData
-        The data and the header pixel size in Angstrom.
+        The data and the header x pixel size in Angstrom (0.0 when the header
+        holds none, e.g. ``cella = 0``).
 
     Raises
     ------
     InputFileError
-        The file is missing, not an MRC file, has a corrupt header or a truncated
-        data block.
+        The file is missing, unreadable, not an MRC file, has a corrupt header,
+        an unsupported (complex or packed) mode or a truncated data block.
     """
     file = Path(path)
-    if not file.is_file():
-        raise InputFileError(f"{file}: file not found; check the path.")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            with mrcfile.open(file, mode="r", permissive=False) as mrc:
-                data = np.asarray(mrc.data, dtype=np.float32).copy()
-                pixel_size = _header_pixel_size(mrc)
-    except (ValueError, OSError, EOFError, TypeError) as err:
-        raise InputFileError(
-            f"{file}: not a readable MRC file ({err}); re-export it as MRC2014."
-        ) from err
+    file_size = _check_file(file)
+    layout = _read_layout(file)
+    _check_length(file, layout, file_size)
+    data = _read_data(file)
     if data.ndim == 3 and data.shape[0] == 1:
         data = data[0]
     if data.ndim not in (2, 3) or data.size == 0:
         raise InputFileError(
             f"{file}: expected a 2D image or a 3D volume, found shape {data.shape}."
         )
-    return MrcData(data=data, pixel_size=pixel_size)
+    return MrcData(data=data, pixel_size=layout.pixel_size)
 
 
 def write_mrc(
@@ -85,7 +197,8 @@ def write_mrc(
     Parameters
     ----------
     path : str or PathLike
-        Destination; its parent directory is created if needed.
+        Destination; its parent directory is created if needed. The file appears
+        complete or not at all (written beside it, then renamed).
     data : np.ndarray
         2D or 3D array. float64 and other float types are stored as float32.
     pixel_size : float
@@ -94,7 +207,6 @@ def write_mrc(
     array = np.asarray(data)
     if array.dtype.kind == "f" or array.dtype.kind in "iub" and array.itemsize > 2:
         array = array.astype(np.float32)
-    with atomic_path(path) as tmp:
-        with mrcfile.new(tmp, overwrite=True) as mrc:
-            mrc.set_data(np.ascontiguousarray(array))
-            mrc.voxel_size = float(pixel_size)
+    with atomic_path(path) as tmp, mrcfile.new(tmp, overwrite=True) as mrc:
+        mrc.set_data(np.ascontiguousarray(array))
+        mrc.voxel_size = float(pixel_size)

@@ -280,19 +280,20 @@ def auto_batch_size(
 ) -> int:
     """Orientations per engine call that fit in a quarter of the free memory.
 
-    Each orientation of a batch holds one ``(H, W // 2 + 1)`` complex64 DFT per
-    pixel size; the workspace (``n_filters`` products and maps) is paid once. On
-    the CPU, where larger batches gain little, the result is at most 8.
+    Memory is bounded by one ``(H, W // 2 + 1)`` complex64 DFT per orientation
+    (generous: the engine holds one at a time) plus the workspace (``n_filters``
+    products and maps), paid once. On the CPU, where larger batches only amortise
+    the slicer's copy of the template volume, the result is at most 32.
     """
     h, w = image_shape
-    per_orientation = h * (w // 2 + 1) * 8 * 2
+    per_orientation = h * (w // 2 + 1) * 8
     fixed = n_filters * h * (w // 2 + 1) * 12
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         ceiling = 64
     else:
         free = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        ceiling = 8
+        ceiling = 32
     return int(max(1, min(ceiling, (0.25 * free - fixed) // per_orientation)))
 
 
@@ -393,11 +394,14 @@ def search_orientations(
     n_pixel, n_defocus = (int(n) for n in inputs.filtered_image.shape[:2])
     space = workspace(inputs)
     for pixel_index in range(n_pixel):
-        dfts = projection_dfts(inputs, rotations, pixel_index)
-        norms = filter_norms(inputs, dfts, pixel_index)
-        for b in range(dfts.shape[0]):
-            filtered_products(inputs, dfts[b], norms[b], pixel_index, space)
+        # Slices for the whole batch at once (the slicer copies the template volume
+        # once per call), image-size DFTs one orientation at a time (bounded memory).
+        projections = project(inputs, rotations, inputs.pixel_scales[pixel_index])
+        for b in range(projections.shape[0]):
+            dft = padded_dft(projections[b : b + 1], inputs.image_shape)
+            norms = filter_norms(inputs, dft, pixel_index)
+            filtered_products(inputs, dft[0], norms[0], pixel_index, space)
             maps = inverse_transforms(inputs, space)
             first = ((first_orientation + b) * n_pixel + pixel_index) * n_defocus
-            divisors = None if inputs.precision == "fp16" else norms[b]
+            divisors = None if inputs.precision == "fp16" else norms[0]
             statistics.update(maps[:, :h, :w], first, divisors, fused=inputs.fused)

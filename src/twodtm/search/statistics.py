@@ -5,15 +5,77 @@ Correlations are summed as integers: each value is rounded to a multiple of
 below 2**53. Addition is then associative and commutative, so any split of the work
 (chunks, devices, processes, resumed runs) gives bit-identical sums. The maximum
 keeps the lowest flat index among equal values, for the same reason.
+
+The update is one pass over a batch of maps. ``fused=True`` runs the same function
+through ``torch.compile`` (C++ on the CPU, Triton on CUDA): every pixel is read
+once and the running maximum, its index and both sums are written in place. Its
+sums are bit-identical to the eager path's because every term is an integer-valued
+float64 (exact in any order), and its maximum keeps the first index on ties, as
+``max(dim=0)`` does.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cache
 
 import torch
 
 QUANTUM_SCALE = 4096.0
+
+_Accumulate = Callable[..., None]
+
+
+def accumulate(
+    mip: torch.Tensor,
+    best_index: torch.Tensor,
+    sums: torch.Tensor,
+    sums_sq: torch.Tensor,
+    correlations: torch.Tensor,
+    divisors: torch.Tensor,
+    first_index: torch.Tensor,
+) -> None:
+    """Fold ``(n, H, W)`` correlations into the four running maps, in place.
+
+    Parameters
+    ----------
+    mip, best_index, sums, sums_sq : torch.Tensor
+        ``(H, W)`` running maximum (float32), its flat index (int64), and the sums
+        of the quantised values and their squares (float64); overwritten.
+    correlations : torch.Tensor
+        ``(n, H, W)`` float32 (may be a strided view), divided by ``divisors``
+        before use; not modified.
+    divisors : torch.Tensor
+        ``(n,)`` float32 divisor of each map (the filtered projection norms).
+    first_index : torch.Tensor
+        0-d int64 flat index of map 0; map k has index ``first_index + k``.
+
+    Notes
+    -----
+    A quantised value ``q = round(x * QUANTUM_SCALE)`` with ``|x| < 2**14`` has
+    ``|q| < 2**26``, so ``q * q < 2**52`` is exact in float64, and sums of such
+    integers stay exact (hence order-free) while below ``2**53``.
+    """
+    maps = correlations.to(torch.float32) / divisors[:, None, None]
+    q = torch.round(maps * QUANTUM_SCALE).to(torch.float64)
+    sums.add_(q.sum(0))
+    sums_sq.add_((q * q).sum(0))
+    values, offsets = maps.max(dim=0)  # first maximum on ties
+    indices = offsets + first_index
+    better = (values > mip) | ((values == mip) & (indices < best_index))
+    mip.copy_(torch.where(better, values, mip))
+    best_index.copy_(torch.where(better, indices, best_index))
+
+
+@cache
+def fused_accumulate() -> _Accumulate:
+    """``accumulate`` compiled into one kernel per shape (compiled on first call).
+
+    Compilation takes tens of seconds on the CPU once per map shape and process,
+    which pays off only for long searches (see ``search.engine.use_fused``).
+    """
+    return torch.compile(accumulate, dynamic=False, fullgraph=True)
 
 
 @dataclass
@@ -56,15 +118,41 @@ class SearchStatistics:
         """Map shape ``(H, W)``."""
         return (int(self.mip.shape[0]), int(self.mip.shape[1]))
 
-    def update(self, correlations: torch.Tensor, first_index: int) -> None:
-        """Accumulate ``(n, H, W)`` correlations with flat indices ``first_index + k``."""
-        quantised = torch.round(correlations * QUANTUM_SCALE)
-        self.sum += quantised.sum(0, dtype=torch.float64)
-        q64 = quantised.to(torch.float64)
-        self.sum_sq += (q64 * q64).sum(0)
-        values, offsets = correlations.max(dim=0)  # first maximum on ties
-        _keep_max(self, values, offsets + first_index)
-        self.count += int(correlations.shape[0])
+    def update(
+        self,
+        correlations: torch.Tensor,
+        first_index: int,
+        divisors: torch.Tensor | None = None,
+        fused: bool = False,
+    ) -> None:
+        """Accumulate ``(n, H, W)`` correlations with flat indices ``first_index + k``.
+
+        Parameters
+        ----------
+        correlations : torch.Tensor
+            ``(n, H, W)`` maps (a strided view is fine); not modified.
+        first_index : int
+            Flat search-space index of map 0.
+        divisors : torch.Tensor, optional
+            ``(n,)`` values the maps are divided by first (default 1).
+        fused : bool
+            Use the compiled one-pass kernel (bit-identical results).
+        """
+        n = int(correlations.shape[0])
+        if divisors is None:
+            divisors = torch.ones(n, device=correlations.device)
+        step = fused_accumulate() if fused else accumulate
+        first = torch.tensor(first_index, dtype=torch.int64, device=correlations.device)
+        step(
+            self.mip,
+            self.best_index,
+            self.sum,
+            self.sum_sq,
+            correlations,
+            divisors,
+            first,
+        )
+        self.count += n
 
     def merge(self, other: SearchStatistics) -> SearchStatistics:
         """Combine two disjoint parts of a search into a new object."""
@@ -75,21 +163,23 @@ class SearchStatistics:
             sum_sq=self.sum_sq + other.sum_sq.to(self.sum.device),
             count=self.count + other.count,
         )
-        _keep_max(merged, other.mip.to(self.mip.device), other.best_index.to(self.mip.device))
+        _keep_max(
+            merged, other.mip.to(self.mip.device), other.best_index.to(self.mip.device)
+        )
         return merged
 
     def to(self, device: torch.device | str) -> SearchStatistics:
-        """A copy on ``device``."""
+        """Copy to ``device`` (always a copy: ``update`` writes in place)."""
         return SearchStatistics(
-            mip=self.mip.to(device),
-            best_index=self.best_index.to(device),
-            sum=self.sum.to(device),
-            sum_sq=self.sum_sq.to(device),
+            mip=self.mip.to(device, copy=True),
+            best_index=self.best_index.to(device, copy=True),
+            sum=self.sum.to(device, copy=True),
+            sum_sq=self.sum_sq.to(device, copy=True),
             count=self.count,
         )
 
     def crop(self, shape: tuple[int, int]) -> SearchStatistics:
-        """The top-left ``shape`` region (drops FFT padding)."""
+        """Keep the top-left ``shape`` region (drops FFT padding)."""
         h, w = shape
         return SearchStatistics(
             mip=self.mip[:h, :w].contiguous(),
@@ -119,7 +209,9 @@ class SearchStatistics:
         return torch.where(std > 0, (self.mip - mean) / safe, torch.zeros_like(std))
 
 
-def _keep_max(stats: SearchStatistics, values: torch.Tensor, indices: torch.Tensor) -> None:
+def _keep_max(
+    stats: SearchStatistics, values: torch.Tensor, indices: torch.Tensor
+) -> None:
     better = (values > stats.mip) | (
         (values == stats.mip) & (indices < stats.best_index)
     )

@@ -1,0 +1,269 @@
+"""Many micrographs as one job: a glob or a RELION micrographs STAR file.
+
+Each micrograph is searched with the same template and settings (its own optics
+where the STAR file gives them) on one shared executor, into
+``<output>/<micrograph stem>/``; ``<output>/summary.csv`` lists every micrograph.
+A micrograph whose folder already holds a result is skipped, so re-running a job
+that stopped part-way only searches what is left (and resumes a micrograph that
+was interrupted, from its checkpoint).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import glob
+import io
+import math
+import os
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import starfile
+from rich.progress import Progress
+
+from twodtm.config import MatchConfig, parse_config
+from twodtm.errors import ConfigError, InputDataError, InputFileError
+from twodtm.io.atomic import write_text_atomic
+from twodtm.io.mrc import read_mrc
+from twodtm.match import executor_for, run_match
+from twodtm.search.executors import Executor
+
+SUMMARY_NAME = "summary.csv"
+SUMMARY_COLUMNS = (
+    "micrograph",
+    "directory",
+    "status",
+    "defocus_u",
+    "defocus_v",
+    "max_zscore",
+    "run_time_s",
+    "message",
+)
+# RELION column -> optics field of the config (Angstrom, degrees, kV, mm).
+_MICROGRAPH_COLUMNS = {
+    "rlnDefocusU": "defocus_u",
+    "rlnDefocusV": "defocus_v",
+    "rlnDefocusAngle": "astigmatism_angle",
+    "rlnPhaseShift": "phase_shift",
+}
+_OPTICS_COLUMNS = {
+    "rlnMicrographPixelSize": "pixel_size",
+    "rlnVoltage": "voltage",
+    "rlnSphericalAberration": "spherical_aberration",
+    "rlnAmplitudeContrast": "amplitude_contrast",
+}
+
+
+@dataclass(frozen=True)
+class MicrographEntry:
+    """One micrograph of a batch.
+
+    Attributes
+    ----------
+    path : Path
+        The MRC image.
+    optics : Mapping[str, float]
+        Optics fields that replace the config's for this micrograph (from STAR).
+    """
+
+    path: Path
+    optics: Mapping[str, float] = field(default_factory=dict)
+
+
+def _star_blocks(path: Path) -> dict[str, Any]:
+    try:
+        blocks = starfile.read(path, always_dict=True)
+    except (OSError, ValueError, KeyError) as err:
+        raise InputFileError(f"{path}: not a readable STAR file ({err})") from None
+    return dict(blocks)
+
+
+def _optics_by_group(blocks: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    groups: dict[str, dict[str, float]] = {}
+    for table in blocks.values():
+        if "rlnOpticsGroup" in table and "rlnMicrographName" not in table:
+            for row in table.to_dict("records"):
+                values = {
+                    f: float(row[c]) for c, f in _OPTICS_COLUMNS.items() if c in row
+                }
+                groups[str(row["rlnOpticsGroup"])] = values
+    return groups
+
+
+def _resolve(name: str, star: Path) -> Path:
+    # RELION names are relative to the project folder: the working directory when
+    # it holds the file, else the STAR file's folder.
+    path = Path(name)
+    if path.is_absolute() or path.exists():
+        return path
+    return star.parent / path
+
+
+def read_star_micrographs(path: str | os.PathLike[str]) -> list[MicrographEntry]:
+    """Micrographs and their CTF from a RELION (3.0 or 3.1+) micrographs STAR file.
+
+    Reads ``rlnMicrographName``, ``rlnDefocusU/V`` (A), ``rlnDefocusAngle`` (deg) and
+    ``rlnPhaseShift`` (deg) per micrograph, and ``rlnMicrographPixelSize``,
+    ``rlnVoltage``, ``rlnSphericalAberration`` and ``rlnAmplitudeContrast`` from the
+    micrograph's optics group (``data_optics``) or its own row.
+
+    Raises
+    ------
+    InputFileError
+        The file is unreadable or has no ``rlnMicrographName`` column.
+    """
+    star = Path(path)
+    blocks = _star_blocks(star)
+    tables = [t for t in blocks.values() if "rlnMicrographName" in t]
+    if not tables:
+        raise InputFileError(
+            f"{star}: no rlnMicrographName column; pass a micrographs STAR file "
+            "(e.g. CtfFind/jobNNN/micrographs_ctf.star)"
+        )
+    groups = _optics_by_group(blocks)
+    entries = []
+    for row in tables[0].to_dict("records"):
+        optics = dict(groups.get(str(row.get("rlnOpticsGroup", "")), {}))
+        columns = {**_MICROGRAPH_COLUMNS, **_OPTICS_COLUMNS}
+        optics.update({f: float(row[c]) for c, f in columns.items() if c in row})
+        entries.append(
+            MicrographEntry(_resolve(str(row["rlnMicrographName"]), star), optics)
+        )
+    return entries
+
+
+def list_micrographs(spec: str) -> list[MicrographEntry]:
+    """Micrographs named by ``spec``: a ``.star`` file or a glob pattern (sorted).
+
+    Raises
+    ------
+    InputFileError
+        Nothing matches, or the STAR file cannot be read.
+    """
+    if spec.endswith(".star"):
+        entries = read_star_micrographs(spec)
+    else:
+        entries = [MicrographEntry(Path(p)) for p in sorted(glob.glob(spec))]
+    if not entries:
+        raise InputFileError(
+            f"{spec}: matches no micrograph; check the pattern or file"
+        )
+    return entries
+
+
+def micrograph_config(config: MatchConfig, entry: MicrographEntry) -> MatchConfig:
+    """``config`` with the micrograph and optics of ``entry`` (validated again)."""
+    data = config.model_dump(mode="json")
+    data["micrograph"] = str(entry.path)
+    data["optics"] = {**data["optics"], **entry.optics}
+    return parse_config(MatchConfig, data, str(entry.path))
+
+
+def result_directories(entries: Sequence[MicrographEntry], output: Path) -> list[Path]:
+    """One folder per micrograph, ``output / stem``; stems must be unique."""
+    stems = [e.path.stem for e in entries]
+    repeated = sorted({s for s in stems if stems.count(s) > 1})
+    if repeated:
+        raise ConfigError(
+            f"micrographs share the file names {repeated[:3]}; their results would "
+            "collide: rename them or run them as separate jobs"
+        )
+    return [output / s for s in stems]
+
+
+def _max_zscore(directory: Path) -> float:
+    zscore = directory / "zscore.mrc"
+    return float(np.max(read_mrc(zscore).data)) if zscore.exists() else math.nan
+
+
+def _row(
+    entry: MicrographEntry, config: MatchConfig, directory: Path, status: str
+) -> dict[str, Any]:
+    optics = {**config.optics.model_dump(), **entry.optics}
+    return {
+        "micrograph": str(entry.path),
+        "directory": str(directory),
+        "status": status,
+        "defocus_u": optics["defocus_u"],
+        "defocus_v": optics["defocus_v"],
+        "max_zscore": _max_zscore(directory) if status != "failed" else math.nan,
+        "run_time_s": math.nan,
+        "message": "",
+    }
+
+
+def write_summary(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Write the batch table as CSV, atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    write_text_atomic(path, buffer.getvalue())
+
+
+def _search_one(
+    config: MatchConfig,
+    entry: MicrographEntry,
+    directory: Path,
+    options: dict[str, Any],
+) -> dict[str, Any]:
+    started = time.perf_counter()
+    try:
+        mic_config = micrograph_config(config, entry)
+        run_match(mic_config, directory, **options)
+    except (InputFileError, InputDataError, ConfigError) as err:
+        row = _row(entry, config, directory, "failed")
+        row["message"] = str(err).splitlines()[0]
+        return row
+    row = _row(entry, mic_config, directory, "searched")
+    row["run_time_s"] = round(time.perf_counter() - started, 3)
+    return row
+
+
+def run_batch(
+    config: MatchConfig,
+    entries: Sequence[MicrographEntry],
+    output: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    restart: bool = False,
+    progress_bar: Progress | None = None,
+    executor: Executor | None = None,
+) -> list[dict[str, Any]]:
+    """Search every micrograph of ``entries`` into ``output/<stem>/``.
+
+    Micrographs with a result already are skipped (unless ``overwrite``); one that
+    cannot be read is marked failed and the others go on. Each finished micrograph
+    updates ``output/summary.csv``.
+
+    Returns
+    -------
+    list of dict
+        The summary rows (``SUMMARY_COLUMNS``), in the order of ``entries``.
+    """
+    root = Path(output)
+    directories = result_directories(entries, root)
+    rows: list[dict[str, Any]] = []
+    with contextlib.ExitStack() as stack:
+        if executor is None:
+            executor = stack.enter_context(executor_for(config))
+        options = {
+            "overwrite": overwrite,
+            "restart": restart,
+            "progress_bar": progress_bar,
+            "executor": executor,
+        }
+        for entry, directory in zip(entries, directories, strict=True):
+            if (directory / "result.json").exists() and not overwrite:
+                rows.append(
+                    _row(entry, micrograph_config(config, entry), directory, "skipped")
+                )
+            else:
+                rows.append(_search_one(config, entry, directory, options))
+            write_summary(root / SUMMARY_NAME, rows)
+    return rows

@@ -1,0 +1,324 @@
+"""Throughput of the search engine alone, on synthetic inputs.
+
+``time_engine`` builds a random micrograph and template, warms the engine up (which
+also compiles the fused statistics kernel), times a full search of the requested
+orientations, splits the time per correlation into its stages, and times the
+FFT-only floor: the batched inverse real FFT of the image size that every 2DTM
+engine must run once per correlation. ``twodtm bench`` and
+``benchmarks/throughput.py`` print what it returns.
+"""
+
+from __future__ import annotations
+
+import platform
+import resource
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from typing import Any
+
+import torch
+
+from twodtm.ctf import Optics
+from twodtm.orientations import euler_to_matrix
+from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
+from twodtm.search.engine import (
+    Precision,
+    SearchInputs,
+    auto_batch_size,
+    build_search_inputs,
+    check_precision,
+    filter_norms,
+    filtered_products,
+    inverse_transforms,
+    padded_dft,
+    project,
+    search_orientations,
+    workspace,
+)
+from twodtm.search.space import SearchSpace
+from twodtm.search.statistics import SearchStatistics
+
+DEFOCUS_STEP = 200.0  # Angstrom between defocus filters
+PIXEL_SIZE = 1.0  # Angstrom
+STAGES = (
+    "slice_extraction",
+    "forward_fft",
+    "norms",
+    "multiply",
+    "inverse_fft",
+    "reduction",
+)
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def best_time(
+    work: Callable[[], object], device: torch.device, repeats: int = 3
+) -> float:
+    """Shortest wall time in seconds of ``repeats`` runs of ``work`` (synchronised)."""
+    times = []
+    for _ in range(max(repeats, 1)):
+        _synchronize(device)
+        start = time.perf_counter()
+        work()
+        _synchronize(device)
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def synthetic_inputs(
+    image_shape: tuple[int, int],
+    template_size: int,
+    n_defocus: int,
+    n_pixel_sizes: int,
+    device: torch.device,
+    seed: int,
+) -> SearchInputs:
+    """Engine tensors for a white-noise micrograph and a random template.
+
+    The contents do not change the work done, only the shapes do.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    image = torch.randn(image_shape, generator=generator).to(device)
+    volume = torch.randn((template_size,) * 3, generator=generator).to(device)
+    prepared = prepare_image(
+        image, PIXEL_SIZE, FilterSettings(), pad_to_fft_friendly=True
+    )
+    offsets = DEFOCUS_STEP * (
+        torch.arange(n_defocus, dtype=torch.float64) - n_defocus // 2
+    )
+    pixel_offsets = 0.01 * (
+        torch.arange(n_pixel_sizes, dtype=torch.float64) - n_pixel_sizes // 2
+    )
+    space = SearchSpace(
+        euler_angles=torch.zeros((1, 3), dtype=torch.float64),
+        defocus_offsets=offsets,
+        pixel_sizes=PIXEL_SIZE + pixel_offsets,
+    )
+    optics = Optics(pixel_size=PIXEL_SIZE, defocus_u=12000.0, defocus_v=11800.0)
+    return build_search_inputs(
+        prepare_template(volume), template_size, prepared, optics, space
+    )
+
+
+def random_rotations(n: int, seed: int) -> torch.Tensor:
+    """``(n, 3, 3)`` rotations from uniformly drawn ZYZ Euler angles."""
+    generator = torch.Generator().manual_seed(seed + 1)
+    angles = torch.rand((n, 3), generator=generator, dtype=torch.float64)
+    return euler_to_matrix(
+        angles * torch.tensor([360.0, 180.0, 360.0], dtype=torch.float64)
+    )
+
+
+def run_search(
+    inputs: SearchInputs,
+    rotations: torch.Tensor,
+    batch_size: int,
+    crop: tuple[int, int],
+) -> SearchStatistics:
+    """Search every rotation in batches, as ``search.executors.run_chunk`` does."""
+    stats = SearchStatistics.empty(crop, inputs.device)
+    with torch.inference_mode():
+        for start in range(0, rotations.shape[0], batch_size):
+            batch = rotations[start : start + batch_size]
+            search_orientations(inputs, batch, start, stats, crop=crop)
+    return stats
+
+
+def stage_times(
+    inputs: SearchInputs,
+    rotations: torch.Tensor,
+    crop: tuple[int, int],
+    repeats: int = 3,
+) -> dict[str, float]:
+    """Seconds per correlation of each engine stage, timed one at a time.
+
+    Projection stages are timed on the whole ``(B, 3, 3)`` batch and divided by
+    ``B * D``; the per-orientation stages on the first orientation, divided by D.
+    """
+    dev = inputs.device
+    n_batch, n_defocus = int(rotations.shape[0]), int(inputs.filtered_image.shape[1])
+    scale = inputs.pixel_scales[0]
+    stats = SearchStatistics.empty(crop, dev)
+    space = workspace(inputs)
+    with torch.inference_mode():
+        projections = project(inputs, rotations, scale)
+        dfts = padded_dft(projections, inputs.image_shape)
+        norms = filter_norms(inputs, dfts, 0)
+        maps = inverse_transforms(inputs, space)[:, : crop[0], : crop[1]]
+        divisors = None if inputs.precision == "fp16" else norms[0]
+        work: dict[str, Callable[[], object]] = {
+            "slice_extraction": lambda: project(inputs, rotations, scale),
+            "forward_fft": lambda: padded_dft(projections, inputs.image_shape),
+            "norms": lambda: filter_norms(inputs, dfts, 0),
+            "multiply": lambda: filtered_products(inputs, dfts[0], norms[0], 0, space),
+            "inverse_fft": lambda: inverse_transforms(inputs, space),
+            "reduction": lambda: stats.update(maps, 0, divisors, fused=inputs.fused),
+        }
+        per_batch = ("slice_extraction", "forward_fft", "norms")
+        return {
+            name: best_time(fn, dev, repeats)
+            / (n_defocus * (n_batch if name in per_batch else 1))
+            for name, fn in work.items()
+        }
+
+
+def fft_floor(
+    image_shape: tuple[int, int], n_maps: int, device: torch.device, repeats: int = 3
+) -> float:
+    """Inverse real FFTs per second: one batched ``irfft2`` of ``n_maps`` images.
+
+    This is the least work any FFT-based engine does per correlation, so its rate
+    bounds every engine's correlation rate from above.
+    """
+    h, w = image_shape
+    spectrum = torch.randn(
+        (n_maps, h, w // 2 + 1), dtype=torch.complex64, device=device
+    )
+    out = torch.empty((n_maps, h, w), device=device)
+    with torch.inference_mode():
+        torch.fft.irfft2(spectrum, s=image_shape, out=out)
+        seconds = best_time(
+            lambda: torch.fft.irfft2(spectrum, s=image_shape, out=out), device, repeats
+        )
+    return n_maps / seconds
+
+
+def _peak_memory(device: torch.device) -> tuple[int, str]:
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device)), "cuda max_memory_allocated"
+    # ru_maxrss is in KiB on Linux (bytes on macOS).
+    scale = 1 if platform.system() == "Darwin" else 1024
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+    return int(rss), "process peak resident set size"
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How the engine runs in a benchmark.
+
+    Attributes
+    ----------
+    batch_size : int or None
+        Orientations per engine call (None: ``engine.auto_batch_size``).
+    fused : bool
+        Use the compiled one-pass statistics kernel; its compile time falls in
+        the warm-up (``warmup_seconds``), not in the timed search.
+    precision : {"fp32", "fp16"}
+        Inverse-FFT precision (fp16 needs CUDA and power-of-two sizes).
+    """
+
+    batch_size: int | None = None
+    fused: bool = True
+    precision: Precision = "fp32"
+
+
+def time_engine(
+    image_shape: tuple[int, int] = (1024, 1024),
+    template_size: int = 128,
+    n_orientations: int = 32,
+    n_defocus: int = 13,
+    device: str = "cpu",
+    seed: int = 0,
+    n_pixel_sizes: int = 1,
+    options: EngineOptions | None = None,
+) -> dict[str, Any]:
+    """Time the search engine on synthetic inputs.
+
+    Parameters
+    ----------
+    image_shape : tuple[int, int]
+        ``(H, W)`` micrograph size in pixels (padded to FFT-friendly sizes).
+    template_size : int
+        Edge t of the cubic template, pixels.
+    n_orientations : int
+        Orientations K searched in the timed run.
+    n_defocus, n_pixel_sizes : int
+        Defocus values D and pixel sizes P: ``D * P`` filters per orientation.
+    device : str
+        Torch device, e.g. ``"cpu"`` or ``"cuda:0"``.
+    seed : int
+        Seed of the synthetic data and the orientations.
+    options : EngineOptions, optional
+        Batch size, fused statistics and precision (default ``EngineOptions()``).
+
+    Returns
+    -------
+    dict
+        ``correlations_per_second``, ``fft_floor_per_second``, ``floor_ratio``
+        (floor rate / engine rate, >= 1), ``stage_ms_per_correlation`` (dict),
+        ``peak_memory_bytes``, ``warmup_seconds``, ``seconds`` and the settings.
+    """
+    opts = options or EngineOptions()
+    dev = torch.device(device)
+    inputs = synthetic_inputs(
+        image_shape, template_size, n_defocus, n_pixel_sizes, dev, seed
+    )
+    check_precision(opts.precision, dev, inputs.image_shape)
+    inputs = replace(inputs, fused=opts.fused, precision=opts.precision)
+    n_filters = n_defocus * n_pixel_sizes
+    batch = opts.batch_size or auto_batch_size(dev, inputs.image_shape, n_filters)
+    rotations = random_rotations(n_orientations, seed)
+    crop = image_shape
+    if dev.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(dev)
+    warmup = best_time(
+        lambda: run_search(inputs, rotations[:batch], batch, crop), dev, 1
+    )
+    seconds = best_time(lambda: run_search(inputs, rotations, batch, crop), dev, 1)
+    peak, peak_kind = _peak_memory(dev)
+    rate = n_orientations * n_filters / seconds
+    stages = stage_times(inputs, rotations[:batch], crop)
+    floor = fft_floor(inputs.image_shape, n_defocus, dev)
+    return {
+        "correlations_per_second": rate,
+        "fft_floor_per_second": floor,
+        "floor_ratio": floor / rate,
+        "seconds": seconds,
+        "warmup_seconds": warmup,
+        "correlations": n_orientations * n_filters,
+        "stage_ms_per_correlation": {k: 1e3 * v for k, v in stages.items()},
+        "peak_memory_bytes": peak,
+        "peak_memory_kind": peak_kind,
+        "device": str(dev),
+        "image_shape": list(image_shape),
+        "padded_shape": list(inputs.image_shape),
+        "template_size": template_size,
+        "orientations": n_orientations,
+        "defocus_values": n_defocus,
+        "pixel_sizes": n_pixel_sizes,
+        "batch_size": batch,
+        "fused": opts.fused,
+        "precision": opts.precision,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+    }
+
+
+def format_report(record: dict[str, Any]) -> str:
+    """Human-readable lines for a ``time_engine`` record."""
+    h, w = record["image_shape"]
+    stages = record["stage_ms_per_correlation"]
+    lines = [
+        f"device {record['device']} ({record['threads']} threads), image {h}x{w} "
+        f"(searched {record['padded_shape'][0]}x{record['padded_shape'][1]}), "
+        f"template {record['template_size']}, {record['orientations']} orientations x "
+        f"{record['defocus_values']} defocus x {record['pixel_sizes']} pixel sizes, "
+        f"batch {record['batch_size']}, {record['precision']}, "
+        f"{'fused' if record['fused'] else 'eager'} statistics",
+        f"cross-correlations per second: {record['correlations_per_second']:.2f} "
+        f"({record['correlations']} in {record['seconds']:.2f} s; "
+        f"warm-up {record['warmup_seconds']:.1f} s)",
+        f"FFT-only floor: {record['fft_floor_per_second']:.2f} inverse FFTs/s; "
+        f"engine is {record['floor_ratio']:.2f}x slower than the floor",
+        "time per correlation by stage (ms): "
+        + ", ".join(f"{name} {stages[name]:.2f}" for name in STAGES)
+        + f"; sum {sum(stages.values()):.2f}",
+        f"peak memory: {record['peak_memory_bytes'] / 2**30:.2f} GiB "
+        f"({record['peak_memory_kind']})",
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,35 @@
+"""``twodtm demo``: the whole pipeline on data shipped in the package."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from twodtm.cli.app import correlation_progress
+from twodtm.demo import run_demo_verbose
+
+
+def demo(
+    output: Annotated[Path, typer.Option(help="output directory")] = Path(
+        "twodtm-demo"
+    ),
+    report: Annotated[bool, typer.Option(help="also write the report")] = True,
+) -> None:
+    """Simulate a micrograph, search it, pick particles and score them."""
+    bar = correlation_progress()
+    task = bar.add_task("match", total=None, rate="")
+
+    def hook(done: int, total: int) -> None:
+        bar.update(task, completed=done, total=total)
+
+    with bar:
+        lines = run_demo_verbose(output, report, hook)
+    sys.stdout.write("\n".join(lines) + "\n")
+
+
+def register(app: typer.Typer) -> None:
+    """Add ``twodtm demo`` to ``app``."""
+    app.command("demo")(demo)

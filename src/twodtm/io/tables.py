@@ -1,0 +1,167 @@
+"""Particle tables: RELION 3.1+ STAR and plain CSV, read and written atomically.
+
+In memory a table is a pandas DataFrame with plain column names: ``x``, ``y``
+(pixels, x = column, y = row, 0-based), ``phi``, ``theta``, ``psi`` (degrees, ZYZ,
+RELION's rot/tilt/psi), ``defocus_u``, ``defocus_v``, ``defocus_angle`` and
+``defocus`` (mean; Angstrom, underfocus positive), ``zscore`` and any other
+columns. STAR files carry the RELION names of the columns that have one.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pandas as pd
+import starfile
+
+from twodtm.ctf import Optics
+from twodtm.errors import InputFileError
+from twodtm.io.atomic import atomic_path
+
+PLAIN_TO_RELION = {
+    "x": "rlnCoordinateX",
+    "y": "rlnCoordinateY",
+    "phi": "rlnAngleRot",
+    "theta": "rlnAngleTilt",
+    "psi": "rlnAnglePsi",
+    "defocus_u": "rlnDefocusU",
+    "defocus_v": "rlnDefocusV",
+    "defocus_angle": "rlnDefocusAngle",
+    "zscore": "rlnAutopickFigureOfMerit",
+    "micrograph": "rlnMicrographName",
+}
+RELION_TO_PLAIN = {v: k for k, v in PLAIN_TO_RELION.items()}
+
+
+def with_defocus_columns(table: pd.DataFrame, optics: Optics | None) -> pd.DataFrame:
+    """Return a copy holding defocus_u, defocus_v, defocus_angle and defocus.
+
+    Missing astigmatic values are derived from the mean ``defocus`` and the
+    astigmatism of ``optics`` (none when ``optics`` is None), and vice versa.
+    """
+    df = table.copy()
+    if "defocus" not in df and {"defocus_u", "defocus_v"} <= set(df):
+        df["defocus"] = 0.5 * (df["defocus_u"] + df["defocus_v"])
+    if "defocus" in df and "defocus_u" not in df:
+        half = 0.0 if optics is None else 0.5 * (optics.defocus_u - optics.defocus_v)
+        df["defocus_u"] = df["defocus"] + half
+        df["defocus_v"] = df["defocus"] - half
+    if "defocus_u" in df and "defocus_angle" not in df:
+        df["defocus_angle"] = 0.0 if optics is None else optics.astigmatism_angle
+    return df
+
+
+def _optics_block(optics: Optics) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "rlnOpticsGroupName": ["opticsGroup1"],
+            "rlnOpticsGroup": [1],
+            "rlnMicrographPixelSize": [optics.pixel_size],
+            "rlnVoltage": [optics.voltage],
+            "rlnSphericalAberration": [optics.spherical_aberration],
+            "rlnAmplitudeContrast": [optics.amplitude_contrast],
+        }
+    )
+
+
+def to_relion(
+    table: pd.DataFrame,
+    micrograph_name: str | None = None,
+    optics: Optics | None = None,
+) -> pd.DataFrame:
+    """Return the columns of ``table`` that RELION knows, under their RELION names."""
+    df = with_defocus_columns(table, optics)
+    if micrograph_name is not None:
+        df["micrograph"] = micrograph_name
+    names = [c for c in PLAIN_TO_RELION if c in df]
+    relion = df[names].rename(columns=PLAIN_TO_RELION)
+    if optics is not None:
+        relion["rlnOpticsGroup"] = 1
+    return relion.reset_index(drop=True)
+
+
+def write_star_table(
+    table: pd.DataFrame,
+    path: str | os.PathLike[str],
+    micrograph_name: str | None = None,
+    optics: Optics | None = None,
+) -> Path:
+    """Write a RELION 3.1+ STAR file atomically.
+
+    It holds ``data_optics`` when optics are given, then ``data_particles``.
+    """
+    blocks: dict[str, pd.DataFrame] = {}
+    if optics is not None:
+        blocks["optics"] = _optics_block(optics)
+    blocks["particles"] = to_relion(table, micrograph_name, optics)
+    with atomic_path(path) as tmp:
+        starfile.write(blocks, tmp, overwrite=True)
+    return Path(path)
+
+
+def write_csv_table(table: pd.DataFrame, path: str | os.PathLike[str]) -> Path:
+    """Write ``table`` as CSV with its plain column names, atomically."""
+    with atomic_path(path) as tmp:
+        table.to_csv(tmp, index=False, float_format="%.6g")
+    return Path(path)
+
+
+def write_particles(
+    table: pd.DataFrame,
+    directory: str | os.PathLike[str],
+    micrograph_name: str,
+    optics: Optics,
+) -> tuple[Path, Path]:
+    """Write ``particles.star`` (RELION names) and ``particles.csv`` (all columns).
+
+    Returns
+    -------
+    tuple[Path, Path]
+        The STAR and CSV paths.
+    """
+    out = Path(directory)
+    full = with_defocus_columns(table, optics).assign(micrograph=micrograph_name)
+    star = write_star_table(full, out / "particles.star", micrograph_name, optics)
+    csv = write_csv_table(full, out / "particles.csv")
+    return star, csv
+
+
+def _particle_block(blocks: dict[str, pd.DataFrame], path: Path) -> pd.DataFrame:
+    if "particles" in blocks:
+        return blocks["particles"]
+    for block in blocks.values():
+        if isinstance(block, pd.DataFrame) and "rlnCoordinateX" in block:
+            return block
+    raise InputFileError(
+        f"{path}: no block with rlnCoordinateX; expected a RELION particle or "
+        "coordinate STAR file"
+    )
+
+
+def read_particles(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a particle table (STAR or CSV) into plain column names.
+
+    STAR files from other programs are accepted: ``rlnCoordinateX/Y``,
+    ``rlnAngleRot/Tilt/Psi``, ``rlnDefocusU/V/Angle`` and
+    ``rlnAutopickFigureOfMerit`` are mapped; other columns keep their names.
+
+    Raises
+    ------
+    InputFileError
+        The file is missing, unreadable, or holds no coordinates.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise InputFileError(f"{file}: particle table not found; check the path.")
+    try:
+        if file.suffix.lower() == ".csv":
+            df = pd.read_csv(file)
+        else:
+            blocks = starfile.read(file, always_dict=True)
+            df = _particle_block(blocks, file).rename(columns=RELION_TO_PLAIN)
+    except (OSError, ValueError, KeyError, pd.errors.ParserError) as err:
+        raise InputFileError(f"{file}: unreadable particle table ({err})") from None
+    if not {"x", "y"} <= set(df):
+        raise InputFileError(f"{file}: no x/y (rlnCoordinateX/Y) columns")
+    return with_defocus_columns(df, None).reset_index(drop=True)

@@ -1,0 +1,327 @@
+"""Local-search machinery shared by refine, optimize and the constrained search.
+
+A local search looks at one particle in a small box cut from the micrograph, over
+small rotations composed with a starting pose, a few defocus values and pixel
+sizes. The correlations come from the global search's engine
+(``search.engine.build_search_inputs`` and ``search_orientations``); this module
+only provides what differs: the local grids, the boxes and their filters, the
+sub-pixel peak and the z-score re-normalisation.
+
+Whitening in a box
+------------------
+The whitening filter must be the micrograph's, not the box's (a box holds too
+little noise to estimate a spectrum, and a particle in it would bias it). So the
+full micrograph is prepared once with ``preprocess.prepare_image``; its whitened
+real-space image (unit variance, the very pixels the global search correlated) is
+cut into boxes, and the templates receive the full image's filter (whitening x
+bandpass) resampled radially onto the box's frequency grid. Correlations in a box
+then equal those of the global search, up to CTF tails that wrap at the box edge.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch.nn import functional
+
+from twodtm.ctf import Optics, frequency_grid
+from twodtm.orientations import euler_to_matrix, matrix_to_euler
+from twodtm.preprocess import PreparedImage, fft_friendly_size
+
+
+@dataclass(frozen=True)
+class LocalGrid:
+    """Small rotations around a pose, in degrees.
+
+    Out-of-plane tilts are rotations about the image x and y axes on a square grid
+    clipped to a disk of radius ``out_of_plane_range``; in-plane rotations are
+    about the beam axis. All three Euler angles of the composed poses vary.
+
+    Attributes
+    ----------
+    out_of_plane_range, out_of_plane_step : float
+        Largest tilt away from the start and its step, degrees.
+    in_plane_range, in_plane_step : float
+        Largest in-plane rotation and its step, degrees.
+    """
+
+    out_of_plane_range: float = 3.0
+    out_of_plane_step: float = 1.0
+    in_plane_range: float = 3.0
+    in_plane_step: float = 1.0
+
+    def halved(self) -> LocalGrid:
+        """Return the grid with ranges and steps halved (a finer, narrower pass)."""
+        return LocalGrid(
+            self.out_of_plane_range / 2,
+            self.out_of_plane_step / 2,
+            self.in_plane_range / 2,
+            self.in_plane_step / 2,
+        )
+
+
+def _symmetric_steps(limit: float, step: float) -> torch.Tensor:
+    count = int(math.floor(limit / step + 1e-9)) if step > 0 else 0
+    return step * torch.arange(-count, count + 1, dtype=torch.float64)
+
+
+def _rodrigues(vectors: torch.Tensor) -> torch.Tensor:
+    """``(M, 3, 3)`` rotations from ``(M, 3)`` axis-angle vectors in radians."""
+    angle = vectors.norm(dim=-1, keepdim=True)
+    axis = vectors / angle.clamp_min(1e-12)
+    x, y, z = axis.unbind(-1)
+    zero = torch.zeros_like(x)
+    k = torch.stack(
+        [
+            torch.stack([zero, -z, y], -1),
+            torch.stack([z, zero, -x], -1),
+            torch.stack([-y, x, zero], -1),
+        ],
+        -2,
+    )
+    s, c = torch.sin(angle)[..., None], torch.cos(angle)[..., None]
+    eye = torch.eye(3, dtype=vectors.dtype).expand_as(k)
+    return eye + s * k + (1 - c) * (k @ k)
+
+
+def small_rotations(grid: LocalGrid) -> torch.Tensor:
+    """Rotations of the local grid, identity first.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(M, 3, 3)`` float64; ``R_start @ small`` tilts the view by rotations
+        about the image x/y axes and turns it in plane about z.
+    """
+    tilt = _symmetric_steps(grid.out_of_plane_range, grid.out_of_plane_step)
+    spin = _symmetric_steps(grid.in_plane_range, grid.in_plane_step)
+    ax, ay, az = torch.meshgrid(tilt, tilt, spin, indexing="ij")
+    vectors = torch.stack([ax.flatten(), ay.flatten(), az.flatten()], -1)
+    keep = vectors[:, :2].norm(dim=-1) <= grid.out_of_plane_range + 1e-9
+    vectors = vectors[keep]
+    order = torch.argsort(vectors.norm(dim=-1), stable=True)
+    return _rodrigues(torch.deg2rad(vectors[order]))
+
+
+def local_orientations(start: torch.Tensor, grid: LocalGrid) -> torch.Tensor:
+    """ZYZ Euler angles of the local grid around a pose.
+
+    Parameters
+    ----------
+    start : torch.Tensor
+        ``(3,)`` (phi, theta, psi) in degrees (not modified).
+    grid : LocalGrid
+        Ranges and steps.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(M, 3)`` float64 degrees; row 0 is the start pose itself.
+    """
+    rotation = euler_to_matrix(start.to(torch.float64).reshape(1, 3))
+    return matrix_to_euler(rotation @ small_rotations(grid))
+
+
+def whitened_real_image(image: PreparedImage) -> torch.Tensor:
+    """``(H, W)`` whitened, unit-variance micrograph in real space (padding cropped)."""
+    real = torch.fft.irfft2(image.whitened_dft, s=image.padded_shape)
+    return real[: image.shape[0], : image.shape[1]]
+
+
+def _radial_profile(values: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+    """Ring means of an rfft-grid array, rings ``1 / max(shape)`` cycles/px wide."""
+    n = max(shape)
+    radius = frequency_grid(shape, 1.0, values.device).to(torch.float64) * n
+    lower = radius.floor().long()
+    frac = radius - lower
+    n_bins = int(lower.max().item()) + 2
+    sums = torch.zeros(n_bins, dtype=torch.float64, device=values.device)
+    counts = torch.zeros_like(sums)
+    for offset, weight in ((0, 1.0 - frac), (1, frac)):
+        sums.index_add_(0, (lower + offset).flatten(), (weight * values).flatten())
+        counts.index_add_(0, (lower + offset).flatten(), weight.flatten())
+    return sums / counts.clamp_min(1e-12)
+
+
+def resample_filter(
+    values: torch.Tensor, shape: tuple[int, int], new_shape: tuple[int, int]
+) -> torch.Tensor:
+    """Resample a radially symmetric rfft-grid filter onto another image size.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        ``(H, W // 2 + 1)`` filter of an ``(H, W)`` image (whitening x bandpass).
+    shape : tuple[int, int]
+        ``(H, W)``.
+    new_shape : tuple[int, int]
+        ``(h, w)`` of the target image.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(h, w // 2 + 1)`` float32: the ring mean at each frequency (in cycles
+        per pixel), linearly interpolated; DC set to 0.
+    """
+    profile = _radial_profile(values.to(torch.float64), shape)
+    n = max(shape)
+    radius = frequency_grid(new_shape, 1.0, values.device).to(torch.float64) * n
+    radius = radius.clamp(max=profile.shape[0] - 1.000001)
+    lower = radius.floor().long()
+    frac = radius - lower
+    resampled = profile[lower] * (1.0 - frac) + profile[lower + 1] * frac
+    resampled[0, 0] = 0.0
+    return resampled.to(torch.float32)
+
+
+def electron_wavelength(voltage: float) -> float:
+    """Relativistic electron wavelength in Angstrom at ``voltage`` kV."""
+    volts = voltage * 1e3
+    return 12.2643 / math.sqrt(volts * (1.0 + 0.97845e-6 * volts))
+
+
+def default_box_size(template_size: int, optics: Optics, defocus: float) -> int:
+    """Choose an FFT-friendly box holding the template and most of its CTF tails.
+
+    The CTF spreads Nyquist frequencies by ``lambda * defocus / (2 * pixel_size)``
+    Angstrom; the box adds that distance once to the template (half on each side),
+    which keeps the correlations within a few percent of a full-image search
+    while the whitened noise dominates the outermost, most delocalised frequencies.
+
+    Parameters
+    ----------
+    template_size : int
+        Template box, pixels.
+    optics : Optics
+        Voltage and pixel size.
+    defocus : float
+        Largest defocus searched, Angstrom.
+    """
+    spread = (
+        electron_wavelength(optics.voltage) * abs(defocus) / (2 * optics.pixel_size**2)
+    )
+    return fft_friendly_size(template_size + math.ceil(spread) + 8)
+
+
+def extract_box(
+    image: torch.Tensor, centre: tuple[int, int], size: int
+) -> torch.Tensor:
+    """Cut a ``(size, size)`` box with pixel ``centre = (row, column)`` at its middle.
+
+    Parts outside the image are zero (the whitened image has zero mean).
+    """
+    h, w = image.shape[-2:]
+    top, left = centre[0] - size // 2, centre[1] - size // 2
+    pad = (max(0, -left), max(0, left + size - w), max(0, -top), max(0, top + size - h))
+    padded = functional.pad(image, pad)
+    top, left = top + pad[2], left + pad[0]
+    return padded[top : top + size, left : left + size].clone()
+
+
+def shift_phases(
+    shape: tuple[int, int],
+    shift: tuple[float, float],
+    device: torch.device | str = "cpu",
+) -> torch.Tensor:
+    """``(H, W // 2 + 1)`` factors that move an image by ``shift = (rows, columns)``.
+
+    Multiplying an rfft2 by them moves its content by ``shift`` pixels (circularly):
+    what was at ``p`` is then at ``p + shift``.
+    """
+    ky = torch.fft.fftfreq(shape[0], device=device, dtype=torch.float64)
+    kx = torch.fft.rfftfreq(shape[1], device=device, dtype=torch.float64)
+    angle = -2.0 * torch.pi * (ky[:, None] * shift[0] + kx[None, :] * shift[1])
+    return torch.polar(torch.ones_like(angle), angle).to(torch.complex64)
+
+
+def box_prepared_image(
+    box: torch.Tensor,
+    template_filter: torch.Tensor,
+    shift: tuple[float, float] = (0.0, 0.0),
+) -> PreparedImage:
+    """Wrap a box of the whitened micrograph as the engine's prepared image.
+
+    Parameters
+    ----------
+    box : torch.Tensor
+        ``(b, b)`` cut from ``whitened_real_image`` (already whitened and scaled,
+        so it is transformed as is: no new mean, whitening or scaling).
+    template_filter : torch.Tensor
+        ``(b, b // 2 + 1)`` from ``resample_filter``.
+    shift : tuple[float, float]
+        Sub-pixel move ``(rows, columns)`` of the box content (Fourier shift).
+    """
+    size = (int(box.shape[0]), int(box.shape[1]))
+    dft = torch.fft.rfft2(box)
+    if shift != (0.0, 0.0):
+        dft = dft * shift_phases(size, shift, box.device)
+    return PreparedImage(
+        whitened_dft=dft.to(torch.complex64),
+        template_filter=template_filter,
+        padded_shape=size,
+        shape=size,
+    )
+
+
+def window_radius(max_shift: float) -> int:
+    """Half-width ``r`` of the ``(2r + 1)^2`` window holding shifts up to ``max_shift``.
+
+    One pixel of margin lets a parabola through the outermost shifts.
+    """
+    return math.ceil(max_shift) + 1
+
+
+def window_mask(
+    size: int, radius: float, device: torch.device | str = "cpu"
+) -> torch.Tensor:
+    """``(size, size)`` bool, True within ``radius`` pixels of the box centre."""
+    axis = torch.arange(size, device=device) - size // 2
+    return (axis[:, None] ** 2 + axis[None, :] ** 2) <= radius**2 + 1e-9
+
+
+def subpixel_peak(values: torch.Tensor, row: int, column: int) -> tuple[float, float]:
+    """Sub-pixel offset of a maximum by a parabola through it and its neighbours.
+
+    Parameters
+    ----------
+    values : torch.Tensor
+        ``(H, W)`` correlation map.
+    row, column : int
+        The integer maximum.
+
+    Returns
+    -------
+    tuple[float, float]
+        ``(d_row, d_column)`` in [-0.5, 0.5] pixels (0 on an edge or a flat top).
+    """
+    h, w = values.shape[-2:]
+
+    def vertex(left: float, centre: float, right: float) -> float:
+        curvature = left - 2.0 * centre + right
+        if curvature >= 0:
+            return 0.0
+        return max(-0.5, min(0.5, 0.5 * (left - right) / curvature))
+
+    d_row = d_col = 0.0
+    if 0 < row < h - 1:
+        d_row = vertex(*(float(values[row + k, column]) for k in (-1, 0, 1)))
+    if 0 < column < w - 1:
+        d_col = vertex(*(float(values[row, column + k]) for k in (-1, 0, 1)))
+    return d_row, d_col
+
+
+def renormalised_zscore(correlation: float, mean: float, std: float) -> float:
+    """``(correlation - mean) / std`` with the global search's statistics at a pixel.
+
+    Parameters
+    ----------
+    correlation : float
+        Best correlation of the local search.
+    mean, std : float
+        Mean and standard deviation of every correlation of the global search at
+        that pixel (the ``mean`` and ``std`` maps of its result). Use 0 and 1 to
+        keep the correlation itself, which is in units of the whitened noise.
+    """
+    return (correlation - mean) / std if std > 0 else 0.0

@@ -1,0 +1,510 @@
+"""Local refinement of particles: orientation, defocus, pixel size and position.
+
+Each particle is refined in a box cut from the whitened micrograph (see
+``twodtm.local``) with the global search's engine: the local poses form a small
+``SearchSpace`` whose correlations ``search_orientations`` folds into box-sized
+``SearchStatistics``; the best pixel within ``max_shift`` of the start gives the
+pose, and a parabola through the correlation map at that pose the sub-pixel
+position. Particles are looped over, and each one's local orientations are
+batched through the engine: with box-sized images the per-particle overhead
+(one box, one CTF stack) is small next to hundreds of correlations.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+from twodtm.config import LocalSearch, OpticsConfig, Preprocessing, RefineConfig
+from twodtm.ctf import Optics
+from twodtm.devices import resolve_devices
+from twodtm.errors import InputDataError, OutputExistsError
+from twodtm.io.mrc import read_mrc
+from twodtm.io.tables import read_particles, write_particles
+from twodtm.local import (
+    LocalGrid,
+    box_prepared_image,
+    default_box_size,
+    extract_box,
+    local_orientations,
+    renormalised_zscore,
+    resample_filter,
+    subpixel_peak,
+    whitened_real_image,
+    window_mask,
+    window_radius,
+)
+from twodtm.orientations import angular_distance, euler_to_matrix
+from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
+from twodtm.search.engine import (
+    build_search_inputs,
+    correlate,
+    filter_norms,
+    projection_dfts,
+    search_orientations,
+)
+from twodtm.search.space import SearchSpace
+from twodtm.search.statistics import SearchStatistics
+
+_POSE_COLUMNS = ("x", "y", "phi", "theta", "psi")
+
+
+@dataclass(frozen=True)
+class Template:
+    """A template ready for the engine.
+
+    Attributes
+    ----------
+    dft : torch.Tensor
+        Output of ``preprocess.prepare_template`` on the search device.
+    size : int
+        Box size of the map, voxels.
+    pixel_size : float
+        Voxel size the map is taken to have, Angstrom; changing it rescales the
+        map in Fourier space (the slices are sampled at scaled frequencies).
+    """
+
+    dft: torch.Tensor
+    size: int
+    pixel_size: float
+
+
+def make_template(
+    volume: torch.Tensor, pixel_size: float, padding: float = 2.0
+) -> Template:
+    """Fourier-transform a cubic map ``(t, t, t)`` for local searches."""
+    return Template(
+        prepare_template(volume, padding), int(volume.shape[-1]), pixel_size
+    )
+
+
+@dataclass(frozen=True)
+class Micrograph:
+    """The whitened micrograph and its filters, computed once for all particles.
+
+    Attributes
+    ----------
+    whitened : torch.Tensor
+        ``(H, W)`` zero-mean, whitened, unit-variance image (the global search's).
+    template_filter : torch.Tensor
+        Whitening x bandpass on the rfft grid of ``padded_shape``.
+    padded_shape : tuple[int, int]
+        Shape the filter was computed at.
+    optics : Optics
+        Micrograph optics (its defocus is the micrograph's mean defocus).
+    """
+
+    whitened: torch.Tensor
+    template_filter: torch.Tensor
+    padded_shape: tuple[int, int]
+    optics: Optics
+
+    def box_filter(self, size: int) -> torch.Tensor:
+        """Return the template filter resampled onto a ``size x size`` box."""
+        return resample_filter(self.template_filter, self.padded_shape, (size, size))
+
+
+def prepare_micrograph(
+    image: torch.Tensor, optics: Optics, settings: FilterSettings, pad: bool = True
+) -> Micrograph:
+    """Whiten the full ``(H, W)`` micrograph once (on the device of ``image``)."""
+    prepared = prepare_image(image, optics.pixel_size, settings, pad)
+    return Micrograph(
+        whitened=whitened_real_image(prepared),
+        template_filter=prepared.template_filter,
+        padded_shape=prepared.padded_shape,
+        optics=optics,
+    )
+
+
+@dataclass(frozen=True)
+class LocalSettings:
+    """What a local search around one pose visits.
+
+    Attributes
+    ----------
+    grid : LocalGrid
+        Small rotations composed with the start orientation.
+    defocus_offsets : tuple[float, ...]
+        Offsets from the start defocus, Angstrom.
+    pixel_size_offsets : tuple[float, ...]
+        Offsets from the start micrograph pixel size, Angstrom.
+    max_shift : float
+        Largest move of the position from the start, pixels.
+    box_size : int or None
+        Box edge in pixels; None for ``local.default_box_size``.
+    batch_size : int
+        Orientations per engine call.
+    iterations : int
+        Passes; each after the first is centred on the last result with the
+        grid's ranges and steps and the offsets halved.
+    """
+
+    grid: LocalGrid = LocalGrid()
+    defocus_offsets: tuple[float, ...] = (0.0,)
+    pixel_size_offsets: tuple[float, ...] = (0.0,)
+    max_shift: float = 2.0
+    box_size: int | None = None
+    batch_size: int = 32
+    iterations: int = 1
+
+    def halved(self) -> LocalSettings:
+        """Return the settings of the next, finer pass."""
+        return replace(
+            self,
+            grid=self.grid.halved(),
+            defocus_offsets=tuple(d / 2 for d in self.defocus_offsets),
+            pixel_size_offsets=tuple(p / 2 for p in self.pixel_size_offsets),
+            max_shift=max(1.0, self.max_shift / 2),
+        )
+
+
+@dataclass(frozen=True)
+class Pose:
+    """Position (px, x = column), ZYZ angles (deg), defocus and pixel size (A)."""
+
+    x: float
+    y: float
+    angles: tuple[float, float, float]
+    defocus: float
+    pixel_size: float
+
+
+@dataclass(frozen=True)
+class LocalFit:
+    """Best pose of a local search and what it cost.
+
+    Attributes
+    ----------
+    pose : Pose
+        Refined pose (sub-pixel position).
+    correlation : float
+        Best normalised cross-correlation (in units of the whitened noise).
+    statistics : SearchStatistics
+        The box's statistics of the last pass (mean/std over the local poses).
+    n_trials : int
+        Correlations per pixel in the last pass.
+    """
+
+    pose: Pose
+    correlation: float
+    statistics: SearchStatistics
+    n_trials: int
+
+
+def _particle_optics(optics: Optics, defocus: float) -> Optics:
+    shift = defocus - optics.defocus_mean
+    return replace(
+        optics, defocus_u=optics.defocus_u + shift, defocus_v=optics.defocus_v + shift
+    )
+
+
+def _local_space(start: Pose, settings: LocalSettings) -> SearchSpace:
+    angles = local_orientations(
+        torch.tensor(start.angles, dtype=torch.float64), settings.grid
+    )
+    offsets = torch.tensor(settings.pixel_size_offsets, dtype=torch.float64)
+    return SearchSpace(
+        euler_angles=angles,
+        defocus_offsets=torch.tensor(settings.defocus_offsets, dtype=torch.float64),
+        pixel_sizes=start.pixel_size + offsets,
+    )
+
+
+def _search_pass(
+    micrograph: Micrograph, template: Template, start: Pose, settings: LocalSettings
+) -> LocalFit:
+    deepest = abs(start.defocus) + max(abs(d) for d in settings.defocus_offsets)
+    size = settings.box_size or default_box_size(
+        template.size, micrograph.optics, deepest
+    )
+    centre = (round(start.y), round(start.x))
+    # Roll the box (its FFT is periodic anyway) to put the start pixel at (r, r):
+    # the statistics then cover only the (2r + 1)^2 window the peak may move in.
+    r = window_radius(settings.max_shift)
+    box = extract_box(micrograph.whitened, centre, size).roll(
+        (r - size // 2,) * 2, (0, 1)
+    )
+    # Move the start's sub-pixel position onto the pixel grid, so the orientations
+    # are compared at the particle's position rather than up to half a pixel off.
+    frac = (start.y - centre[0], start.x - centre[1])
+    image = box_prepared_image(box, micrograph.box_filter(size), (-frac[0], -frac[1]))
+    optics = _particle_optics(micrograph.optics, start.defocus)
+    space = _local_space(start, settings)
+    inputs = build_search_inputs(
+        template.dft, template.size, image, optics, space, template.pixel_size
+    )
+    stats = SearchStatistics.empty((2 * r + 1, 2 * r + 1), box.device)
+    rotations = euler_to_matrix(space.euler_angles)
+    for first in range(0, space.n_orientations, settings.batch_size):
+        batch = rotations[first : first + settings.batch_size]
+        search_orientations(inputs, batch, first, stats, crop=stats.shape)
+    inside = window_mask(2 * r + 1, settings.max_shift, box.device)
+    row, column = divmod(
+        int(torch.argmax(torch.where(inside, stats.mip, -torch.inf))), 2 * r + 1
+    )
+    orientation, pixel, defocus = (
+        int(v) for v in space.decode(stats.best_index[row, column])
+    )
+    dft = projection_dfts(inputs, rotations[orientation : orientation + 1], pixel)
+    norms = filter_norms(inputs, dft, pixel)
+    d_row, d_column = subpixel_peak(
+        correlate(inputs, dft[0], norms[0], pixel)[defocus], row, column
+    )
+    angles = space.euler_angles[orientation].tolist()
+    pose = Pose(
+        x=centre[1] + frac[1] - r + column + d_column,
+        y=centre[0] + frac[0] - r + row + d_row,
+        angles=(angles[0], angles[1], angles[2]),
+        defocus=start.defocus + float(space.defocus_offsets[defocus]),
+        pixel_size=float(space.pixel_sizes[pixel]),
+    )
+    return LocalFit(pose, float(stats.mip[row, column]), stats, space.size)
+
+
+def fit_particle(
+    micrograph: Micrograph, template: Template, start: Pose, settings: LocalSettings
+) -> LocalFit:
+    """Refine one particle from ``start`` with ``settings.iterations`` passes."""
+    with torch.inference_mode():
+        fit = _search_pass(micrograph, template, start, settings)
+        for _ in range(settings.iterations - 1):
+            settings = settings.halved()
+            fit = _search_pass(micrograph, template, fit.pose, settings)
+    return fit
+
+
+def start_pose(row: pd.Series, optics: Optics) -> Pose:
+    """Read the pose of a table row (defocus, pixel size default to the optics)."""
+    defocus = float(row["defocus"]) if "defocus" in row else optics.defocus_mean
+    pixel = float(row["pixel_size"]) if "pixel_size" in row else optics.pixel_size
+    return Pose(
+        x=float(row["x"]),
+        y=float(row["y"]),
+        angles=(float(row["phi"]), float(row["theta"]), float(row["psi"])),
+        defocus=defocus,
+        pixel_size=pixel,
+    )
+
+
+def check_particle_table(table: pd.DataFrame, source: str) -> None:
+    """Raise InputDataError when a table lacks the pose columns."""
+    missing = [c for c in _POSE_COLUMNS if c not in table.columns]
+    if missing:
+        raise InputDataError(
+            f"{source}: particle table lacks the column(s) {missing}; use a table "
+            "written by `twodtm peaks` (or a STAR file with rlnCoordinateX/Y and "
+            "rlnAngleRot/Tilt/Psi)."
+        )
+
+
+def _refined_row(row: pd.Series, fit: LocalFit, start: Pose, optics: Optics) -> dict:
+    out = row.to_dict()
+    pose = fit.pose
+    mean = float(row["mean"]) if "mean" in row else 0.0
+    std = float(row["std"]) if "std" in row else 1.0
+    zscore = renormalised_zscore(fit.correlation, mean, std)
+    delta_defocus = pose.defocus - start.defocus
+    out.update(
+        x=pose.x, y=pose.y, phi=pose.angles[0], theta=pose.angles[1], psi=pose.angles[2]
+    )
+    out.update(defocus=pose.defocus, pixel_size=pose.pixel_size, mip=fit.correlation)
+    out["zscore"] = zscore
+    for name in ("defocus_u", "defocus_v"):
+        if name in out:
+            out[name] = float(row[name]) + delta_defocus
+    for axis in ("x", "y"):
+        if f"{axis}_angstrom" in out:
+            out[f"{axis}_angstrom"] = getattr(pose, axis) * pose.pixel_size
+    before = euler_to_matrix(torch.tensor(start.angles, dtype=torch.float64))
+    after = euler_to_matrix(torch.tensor(pose.angles, dtype=torch.float64))
+    out.update(
+        delta_x=pose.x - start.x,
+        delta_y=pose.y - start.y,
+        delta_angle=float(angular_distance(before, after)),
+        delta_defocus=delta_defocus,
+        delta_pixel_size=pose.pixel_size - start.pixel_size,
+        delta_zscore=zscore - float(row["zscore"]) if "zscore" in row else np.nan,
+    )
+    return out
+
+
+def refine_particles(
+    micrograph: Micrograph,
+    template: Template,
+    particles: pd.DataFrame,
+    settings: LocalSettings,
+) -> pd.DataFrame:
+    """Refine every particle of a table.
+
+    Parameters
+    ----------
+    micrograph : Micrograph
+        From ``prepare_micrograph``.
+    template : Template
+        From ``make_template`` on the same device.
+    particles : pandas.DataFrame
+        Columns x, y (pixels), phi, theta, psi (deg); optionally defocus
+        (absolute mean, A), pixel_size, zscore, and the global search's mean and
+        std at the particle (without them the z-score is the correlation itself,
+        which is in units of the whitened noise).
+
+    Returns
+    -------
+    pandas.DataFrame
+        The same columns holding the refined values (x, y, angles, defocus,
+        defocus_u/v, pixel_size, mip, zscore re-normalised with the global mean
+        and std) plus their changes: delta_x, delta_y (px), delta_angle (deg,
+        geodesic), delta_defocus (A), delta_pixel_size (A), delta_zscore.
+    """
+    check_particle_table(particles, "particles")
+    rows = []
+    for _, row in particles.iterrows():
+        start = start_pose(row, micrograph.optics)
+        fit = fit_particle(micrograph, template, start, settings)
+        rows.append(_refined_row(row, fit, start, micrograph.optics))
+    columns = list(particles.columns) + [
+        c for c in _ADDED if c not in particles.columns
+    ]
+    return pd.DataFrame(rows, columns=columns)
+
+
+_ADDED = (
+    "defocus",
+    "pixel_size",
+    "mip",
+    "zscore",
+    "delta_x",
+    "delta_y",
+    "delta_angle",
+    "delta_defocus",
+    "delta_pixel_size",
+    "delta_zscore",
+)
+
+
+def optics_from_fields(fields: OpticsConfig) -> Optics:
+    """Plain optics from the validated ``optics`` section of any program's YAML."""
+    return Optics(
+        pixel_size=fields.pixel_size,
+        voltage=fields.voltage,
+        spherical_aberration=fields.spherical_aberration,
+        amplitude_contrast=fields.amplitude_contrast,
+        defocus_u=fields.defocus_u,
+        defocus_v=fields.defocus_v,
+        astigmatism_angle=fields.astigmatism_angle,
+        phase_shift=fields.phase_shift,
+        b_factor=fields.ctf_b_factor,
+    )
+
+
+def filter_settings_from(fields: Preprocessing) -> FilterSettings:
+    """Whitening and bandpass settings from a ``preprocessing`` section."""
+    return FilterSettings(
+        whitening=fields.whitening,
+        whitening_high_resolution=fields.whitening_high_resolution,
+        bandpass_low_resolution=fields.bandpass_low_resolution,
+        bandpass_high_resolution=fields.bandpass_high_resolution,
+        bandpass_falloff=fields.bandpass_falloff,
+    )
+
+
+def local_settings_from(
+    fields: LocalSearch, batch_size: int | str = "auto"
+) -> LocalSettings:
+    """Local-search settings from a ``search`` section."""
+    o = fields.orientation
+    return LocalSettings(
+        grid=LocalGrid(
+            o.out_of_plane_range, o.out_of_plane_step, o.in_plane_range, o.in_plane_step
+        ),
+        defocus_offsets=tuple(fields.defocus.offsets()),
+        pixel_size_offsets=tuple(fields.pixel_size.offsets()),
+        max_shift=fields.max_shift,
+        box_size=fields.box_size,
+        batch_size=32 if batch_size == "auto" else int(batch_size),
+        iterations=fields.iterations,
+    )
+
+
+def read_micrograph(
+    path: str, optics: Optics, fields: Preprocessing, device: torch.device
+) -> Micrograph:
+    """Read, check and whiten a 2D micrograph on ``device``."""
+    data = read_mrc(path).data
+    if data.ndim != 2 or not np.isfinite(data).all() or float(data.std()) == 0.0:
+        raise InputDataError(
+            f"{path}: expected a finite, non-constant 2D micrograph, found shape "
+            f"{data.shape}; pass the motion-corrected sum."
+        )
+    image = torch.from_numpy(data).to(device)
+    return prepare_micrograph(
+        image, optics, filter_settings_from(fields), fields.pad_to_fft_friendly
+    )
+
+
+def read_template(
+    path: str,
+    fields: Preprocessing,
+    device: torch.device,
+    pixel_size: float | None = None,
+) -> Template:
+    """Read a cubic map at ``pixel_size``, else the config's, else the header's."""
+    mrc = read_mrc(path)
+    volume = mrc.data
+    if volume.ndim != 3 or len(set(volume.shape)) != 1:
+        raise InputDataError(
+            f"{path}: the template must be a cubic 3D map, found shape {volume.shape}; "
+            "pad it to a cube."
+        )
+    size = pixel_size or fields.template_pixel_size or mrc.pixel_size
+    if not size or size <= 0:
+        raise InputDataError(
+            f"{path}: the MRC header holds no pixel size; set "
+            "preprocessing.template_pixel_size."
+        )
+    return make_template(
+        torch.from_numpy(volume).to(device), size, fields.template_padding
+    )
+
+
+def read_particle_table(path: str) -> pd.DataFrame:
+    """Read a STAR/CSV particle table and check it holds poses."""
+    table = read_particles(path)
+    check_particle_table(table, path)
+    return table.drop(columns=["micrograph"], errors="ignore")
+
+
+def run_refine(
+    config: RefineConfig, output: str | Path | None = None, overwrite: bool = False
+) -> pd.DataFrame:
+    """Refine the particles of ``config`` and write ``particles.star``/``.csv``.
+
+    Returns
+    -------
+    pandas.DataFrame
+        The refined table (see ``refine_particles``).
+    """
+    directory = Path(output or config.output.directory)
+    if (directory / "particles.star").exists() and not (
+        overwrite or config.output.overwrite
+    ):
+        raise OutputExistsError(
+            f"{directory}: holds refined particles already; pass --overwrite or choose "
+            "another --output directory."
+        )
+    device = resolve_devices(config.compute.devices)[0]
+    optics = optics_from_fields(config.optics)
+    micrograph = read_micrograph(
+        config.micrograph, optics, config.preprocessing, device
+    )
+    template = read_template(config.template, config.preprocessing, device)
+    particles = read_particle_table(config.particles)
+    settings = local_settings_from(config.search, config.compute.batch_size)
+    refined = refine_particles(micrograph, template, particles, settings)
+    write_particles(refined, directory, Path(config.micrograph).name, optics)
+    return refined

@@ -1,0 +1,92 @@
+"""optimize-template: the parabola vertex analytically, and recovery of a
+deliberately mis-labelled template pixel size from a simulated micrograph."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from twodtm.cli import app
+from twodtm.config import ConfigError, OptimizeConfig, parse_config
+from twodtm.ctf import Optics
+from twodtm.io.tables import write_csv_table
+from twodtm.optimize import parabola_vertex
+from twodtm.simulate import SimulationParams, simulate_micrograph, write_simulation
+
+TRUE_PIXEL = 1.0
+WRONG_PIXEL = 1.03  # the label the template is given: 3 % off
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Box-sized FFTs run fastest on one thread, and the CI machine is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def detailed_volume(size: int = 48, n_blobs: int = 80, seed: int = 2) -> torch.Tensor:
+    """A large template of fine blobs: its magnification is well defined."""
+    g = torch.Generator().manual_seed(seed)
+    centres = (torch.rand(n_blobs, 3, generator=g) - 0.5) * (size * 0.6)
+    axis = torch.arange(size, dtype=torch.float32) - size // 2
+    zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")
+    volume = torch.zeros(size, size, size)
+    for c in centres:
+        volume += torch.exp(
+            -((xx - c[2]) ** 2 + (yy - c[1]) ** 2 + (zz - c[0]) ** 2) / 2
+        )
+    return volume * 0.02
+
+
+def test_parabola_vertex_is_exact_for_a_parabola():
+    x = np.linspace(0.9, 1.1, 11)
+    assert parabola_vertex(x, -((x - 1.013) ** 2)) == pytest.approx(1.013, abs=1e-9)
+    assert parabola_vertex(x, x) == pytest.approx(1.1)  # maximum at the end: no fit
+
+
+def test_config_needs_exactly_one_template():
+    base = {
+        "micrograph": "m.mrc",
+        "particles": "p.csv",
+        "optics": {"pixel_size": 1.0, "defocus_u": 1e4, "defocus_v": 1e4},
+    }
+    with pytest.raises(ConfigError, match="exactly one"):
+        parse_config(OptimizeConfig, base)
+    with pytest.raises(ConfigError, match="box_size"):
+        parse_config(OptimizeConfig, {**base, "model": "x.pdb"})
+
+
+def test_recovers_a_mislabelled_template_pixel_size(tmp_path):
+    optics = Optics(pixel_size=TRUE_PIXEL, defocus_u=6000.0, defocus_v=6000.0)
+    volume = detailed_volume()
+    params = SimulationParams((192, 192), 4, dose=300.0, seed=3)
+    sim = simulate_micrograph(volume, optics, params)
+    paths = write_simulation(sim, tmp_path, volume, WRONG_PIXEL)  # header says 1.03
+    write_csv_table(sim.truth, tmp_path / "truth.csv")
+    (tmp_path / "optimize.yaml").write_text(
+        f"""
+micrograph: {paths["micrograph"].name}
+template: {paths["template"].name}
+particles: truth.csv
+optics: {{pixel_size: {TRUE_PIXEL}, defocus_u: 6000.0, defocus_v: 6000.0}}
+sweep: {{coarse_range: 0.04, coarse_step: 0.01, fine_range: 0.008, fine_step: 0.002}}
+"""
+    )
+    out = tmp_path / "optimized"
+    result = CliRunner().invoke(
+        app,
+        ["optimize-template", str(tmp_path / "optimize.yaml"), "--output", str(out)],
+    )
+    assert result.exit_code == 0, result.output
+    summary = json.loads((out / "optimize.json").read_text())
+    assert summary["nominal_pixel_size"] == pytest.approx(WRONG_PIXEL, rel=1e-5)
+    assert summary["best_pixel_size"] == pytest.approx(TRUE_PIXEL, rel=0.005)
+    sweep = np.loadtxt(out / "sweep.csv", delimiter=",", skiprows=1)
+    assert sweep[:, 1].max() > sweep[np.argmax(sweep[:, 0]), 1] + 0.1  # a real peak
+    assert (out / "pixel_size_sweep.png").read_bytes()[:4] == b"\x89PNG"

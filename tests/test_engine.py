@@ -15,7 +15,9 @@ from twodtm.search.engine import build_search_inputs, padded_dft, project
 from twodtm.search.executors import SearchTask, run_chunk
 from twodtm.search.space import SearchSpace
 
-OPTICS = Optics(pixel_size=1.0, defocus_u=9000.0, defocus_v=8000.0, astigmatism_angle=20.0)
+OPTICS = Optics(
+    pixel_size=1.0, defocus_u=9000.0, defocus_v=8000.0, astigmatism_angle=20.0
+)
 
 
 def masked_blob(blob: torch.Tensor) -> torch.Tensor:
@@ -42,13 +44,17 @@ def noisy_image(shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
 
 def reference_search(volume, image, space, settings):
     """Every correlation computed on its own, reduced in float64 numpy."""
-    prepared = prepare_image(image, OPTICS.pixel_size, settings, pad_to_fft_friendly=False)
+    prepared = prepare_image(
+        image, OPTICS.pixel_size, settings, pad_to_fft_friendly=False
+    )
     h, w = prepared.padded_shape
     t = volume.shape[0]
     maps = []
     for angles in space.euler_angles:
         for pixel_size in space.pixel_sizes.tolist():
-            rotation = euler_to_matrix(angles[None]).float() * (OPTICS.pixel_size / pixel_size)
+            rotation = euler_to_matrix(angles[None]).float() * (
+                OPTICS.pixel_size / pixel_size
+            )
             proj = project_3d_to_2d(volume, rotation, pad_factor=2.0)[0]
             canvas = torch.zeros(h, w)
             canvas[:t, :t] = proj
@@ -67,8 +73,12 @@ def reference_search(volume, image, space, settings):
 
 
 def engine_search(volume, image, space, settings, chunks, batch_size, device):
-    prepared = prepare_image(image.to(device), OPTICS.pixel_size, settings, pad_to_fft_friendly=False)
-    inputs = build_search_inputs(prepare_template(volume.to(device)), volume.shape[0], prepared, OPTICS, space)
+    prepared = prepare_image(
+        image.to(device), OPTICS.pixel_size, settings, pad_to_fft_friendly=False
+    )
+    inputs = build_search_inputs(
+        prepare_template(volume.to(device)), volume.shape[0], prepared, OPTICS, space
+    )
     task = SearchTask(inputs, space.euler_angles, prepared.shape, batch_size)
     parts = [run_chunk(task, c).to("cpu") for c in chunks]
     total = parts[0]
@@ -87,7 +97,9 @@ def test_engine_agrees_with_reference(blob, device, pixel_sizes):
     # batch of 3 over 20 orientations: the last batch is partial, with 3 defocus planes
     stats = engine_search(volume, image, space, settings, space.chunks(20), 3, device)
     mip_ref = reference.max(0)
-    np.testing.assert_allclose(stats.mip.numpy(), mip_ref, rtol=1e-4, atol=1e-4 * np.abs(mip_ref).max())
+    np.testing.assert_allclose(
+        stats.mip.numpy(), mip_ref, rtol=1e-4, atol=1e-4 * np.abs(mip_ref).max()
+    )
     mean, std = stats.mean_std()
     np.testing.assert_allclose(mean.numpy(), reference.mean(0), atol=2e-3)
     np.testing.assert_allclose(std.numpy(), reference.std(0), rtol=1e-3)
@@ -104,7 +116,9 @@ def test_std_map_is_standard_deviation_not_variance(blob):
     volume = masked_blob(blob)
     image = noisy_image((64, 64), seed=3)
     space = small_space(8)
-    stats = engine_search(volume, image, space, FilterSettings(), space.chunks(8), 4, "cpu")
+    stats = engine_search(
+        volume, image, space, FilterSettings(), space.chunks(8), 4, "cpu"
+    )
     reference = reference_search(volume, image, space, FilterSettings())
     _, std = stats.mean_std()
     np.testing.assert_allclose(std.numpy(), reference.std(0), rtol=1e-3)
@@ -112,11 +126,15 @@ def test_std_map_is_standard_deviation_not_variance(blob):
 
 
 def test_padded_dft_matches_full_fft(blob):
-    rotations = euler_to_matrix(torch.tensor([[10.0, 50.0, 80.0], [0.0, 0.0, 0.0]], dtype=torch.float64))
+    rotations = euler_to_matrix(
+        torch.tensor([[10.0, 50.0, 80.0], [0.0, 0.0, 0.0]], dtype=torch.float64)
+    )
     inputs = build_search_inputs(
         prepare_template(blob),
         blob.shape[0],
-        prepare_image(noisy_image((70, 90)), 1.0, FilterSettings(), pad_to_fft_friendly=False),
+        prepare_image(
+            noisy_image((70, 90)), 1.0, FilterSettings(), pad_to_fft_friendly=False
+        ),
         OPTICS,
         small_space(2),
     )
@@ -127,7 +145,9 @@ def test_padded_dft_matches_full_fft(blob):
     canvas = torch.roll(canvas, (-(t // 2), -(t // 2)), (1, 2))
     expected = torch.fft.rfft2(canvas)
     got = padded_dft(boxes, (70, 90))
-    torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item())
+    torch.testing.assert_close(
+        got, expected, rtol=1e-4, atol=1e-4 * expected.abs().max().item()
+    )
 
 
 def test_engine_leaves_inputs_unchanged(blob):

@@ -9,7 +9,8 @@ import yaml
 from typer.testing import CliRunner
 
 from twodtm.cli import app
-from twodtm.config import MatchConfig, load_match_config, parse_config
+from twodtm.cli.config_cmd import example_text
+from twodtm.config import MatchConfig, dump_yaml, load_match_config, parse_config
 from twodtm.ctf import Optics, ctf_stack
 from twodtm.errors import ConfigError
 from twodtm.io.mrc import write_mrc
@@ -45,11 +46,17 @@ def planted(tmp_path_factory, sharp_blob):
     space = build_search_space(config)
     true_orientation = space.n_orientations // 3
     optics = Optics(pixel_size=1.0, defocus_u=9000.0, defocus_v=9000.0)
-    dummy = prepare_image(torch.randn(SHAPE), 1.0, FilterSettings(whitening=False), False)
+    dummy = prepare_image(
+        torch.randn(SHAPE), 1.0, FilterSettings(whitening=False), False
+    )
     inputs = build_search_inputs(prepare_template(blob), 32, dummy, optics, space)
-    rotation = euler_to_matrix(space.euler_angles[true_orientation : true_orientation + 1])
+    rotation = euler_to_matrix(
+        space.euler_angles[true_orientation : true_orientation + 1]
+    )
     ctf = ctf_stack(optics, torch.tensor([TRUE_DEFOCUS_OFFSET]), SHAPE)[0]
-    particle = torch.fft.irfft2(padded_dft(project(inputs, rotation, 1.0), SHAPE)[0] * ctf, s=SHAPE)
+    particle = torch.fft.irfft2(
+        padded_dft(project(inputs, rotation, 1.0), SHAPE)[0] * ctf, s=SHAPE
+    )
     particle = torch.roll(particle, (TRUE_XY[1], TRUE_XY[0]), (0, 1))
     g = torch.Generator().manual_seed(7)
     image = 50.0 + torch.randn(SHAPE, generator=g) + 0.25 * particle / particle.std()
@@ -67,10 +74,15 @@ def test_planted_particle_is_found_with_its_pose_and_defocus(planted):
     assert z[row, col] > 7.0
     truth = euler_to_matrix(space.euler_angles[true_orientation][None])
     found = euler_to_matrix(
-        torch.tensor([[result.maps[a][row, col] for a in ("phi", "theta", "psi")]], dtype=torch.float64)
+        torch.tensor(
+            [[result.maps[a][row, col] for a in ("phi", "theta", "psi")]],
+            dtype=torch.float64,
+        )
     )
     assert float(angular_distance(truth, found)[0]) < 30.0
-    assert result.maps["defocus"][row, col] == pytest.approx(9000.0 + TRUE_DEFOCUS_OFFSET)
+    assert result.maps["defocus"][row, col] == pytest.approx(
+        9000.0 + TRUE_DEFOCUS_OFFSET
+    )
     assert result.metadata["total_correlations"] == space.size
 
 
@@ -88,21 +100,20 @@ def test_cli_writes_a_result_that_loads_back(planted, tmp_path):
     direct = match_template(config)
     np.testing.assert_array_equal(loaded.maps["mip"], direct.maps["mip"])
     assert loaded.pixel_size == pytest.approx(1.0)
-    assert loaded.metadata["search_space"]["orientations"] == direct.metadata["search_space"]["orientations"]
+    assert (
+        loaded.metadata["search_space"]["orientations"]
+        == direct.metadata["search_space"]["orientations"]
+    )
 
 
 def test_config_round_trips_through_yaml(tmp_path):
     original = parse_config(MatchConfig, _config_dict(tmp_path))
     file = tmp_path / "round.yaml"
-    from twodtm.config import dump_yaml
-
     file.write_text(dump_yaml(original))
     assert load_match_config(file) == original
 
 
 def test_example_config_is_accepted_once_paths_are_filled(tmp_path):
-    from twodtm.cli.config_cmd import example_text
-
     data = yaml.safe_load(example_text("match"))
     data["micrograph"], data["template"] = "a.mrc", "b.mrc"
     config = parse_config(MatchConfig, data)

@@ -20,7 +20,9 @@ from twodtm.orientations import (
 
 
 def test_euler_matches_scipy_intrinsic_zyz():
-    angles = torch.tensor([[30.0, 40.0, 50.0], [200.0, 170.0, 10.0], [0.0, 90.0, 270.0]])
+    angles = torch.tensor(
+        [[30.0, 40.0, 50.0], [200.0, 170.0, 10.0], [0.0, 90.0, 270.0]]
+    )
     expected = Rotation.from_euler("ZYZ", angles.numpy(), degrees=True).as_matrix()
     got = euler_to_matrix(angles.double()).numpy()
     np.testing.assert_allclose(got, expected, atol=1e-12)
@@ -34,7 +36,7 @@ def test_matrix_to_euler_round_trip():
 
 
 def test_projection_convention_against_real_space_integral(blob):
-    """p(x, y) = sum_z V(R (x, y, z)): the Fourier slice equals a real-space integral."""
+    """p(x, y) = sum_z V(R (x, y, z)): the Fourier slice equals that integral."""
     angles = torch.tensor([[25.0, 60.0, 110.0]], dtype=torch.float64)
     rotation = euler_to_matrix(angles)[0].numpy()
     volume = blob.numpy().astype(np.float64)
@@ -51,16 +53,27 @@ def test_projection_convention_against_real_space_integral(blob):
     # the transposed rotation (the other convention) must not match as well
     xyz_t = np.stack([x, y, z], -1) @ rotation
     coords_t = np.stack([xyz_t[..., 2], xyz_t[..., 1], xyz_t[..., 0]]) + t // 2
-    other = map_coordinates(volume, coords_t.reshape(3, -1), order=1).reshape(x.shape).sum(0)
+    other = (
+        map_coordinates(volume, coords_t.reshape(3, -1), order=1)
+        .reshape(x.shape)
+        .sum(0)
+    )
     assert np.corrcoef(other.ravel(), fourier.ravel())[0, 1] < corr - 0.05
 
 
-@pytest.mark.parametrize(("name", "order"), [("C1", 1), ("C7", 7), ("D3", 6), ("T", 12), ("O", 24), ("I", 60)])
+@pytest.mark.parametrize(
+    ("name", "order"),
+    [("C1", 1), ("C7", 7), ("D3", 6), ("T", 12), ("O", 24), ("I", 60)],
+)
 def test_symmetry_group_orders(name, order):
     ops = symmetry_operators(name)
     assert ops.shape == (order, 3, 3)
     identity = torch.eye(3, dtype=torch.float64)
-    np.testing.assert_allclose((ops @ ops.transpose(1, 2)).numpy(), identity.expand(order, 3, 3).numpy(), atol=1e-9)
+    np.testing.assert_allclose(
+        (ops @ ops.transpose(1, 2)).numpy(),
+        identity.expand(order, 3, 3).numpy(),
+        atol=1e-9,
+    )
 
 
 def test_unknown_symmetry_names_the_fix():
@@ -85,7 +98,9 @@ def test_symmetry_acts_on_the_left_as_projections_do(sharp_blob):
     volume = 0.5 * (sharp_blob + half_turn)
     rotation = euler_to_matrix(torch.tensor([[20.0, 50.0, 70.0]])).float()
     s = ops[1]
-    views = project_3d_to_2d(volume, torch.stack([rotation[0], s @ rotation[0], rotation[0] @ s]))
+    views = project_3d_to_2d(
+        volume, torch.stack([rotation[0], s @ rotation[0], rotation[0] @ s])
+    )
     same = float((views[0] - views[1]).norm() / views[0].norm())
     other = float((views[0] - views[2]).norm() / views[0].norm())
     assert same < 0.02
@@ -99,7 +114,11 @@ def test_grid_density_matches_steps():
     n_psi = 36
     # the number of viewing directions on the sphere is ~ 4 pi / (step in rad)^2
     n_dirs = grid.shape[0] / n_psi
-    assert 0.6 * 4 * math.pi / math.radians(10) ** 2 < n_dirs < 1.6 * 4 * math.pi / math.radians(10) ** 2
+    assert (
+        0.6 * 4 * math.pi / math.radians(10) ** 2
+        < n_dirs
+        < 1.6 * 4 * math.pi / math.radians(10) ** 2
+    )
     c4 = orientation_grid(10.0, 10.0, "C4")
     assert abs(c4.shape[0] / grid.shape[0] - 0.25) < 0.05
 
@@ -107,7 +126,7 @@ def test_grid_density_matches_steps():
 def test_random_rotations_uniform_on_so3():
     g = torch.Generator().manual_seed(0)
     rotations = random_rotations(20000, g)
-    # Haar measure: cos(theta) uniform on [-1, 1], rotation angle density (1 - cos w) / pi
+    # Haar measure: cos(theta) uniform on [-1, 1]; angle density (1 - cos w) / pi
     cos_theta = rotations[:, 2, 2].numpy()
     hist, _ = np.histogram(cos_theta, bins=10, range=(-1, 1))
     assert np.all(np.abs(hist / 2000 - 1) < 0.1)

@@ -84,9 +84,15 @@ def test_mean_std_match_float64_reference():
     s = SearchStatistics.empty((4, 4))
     s.update(values, 0)
     mean, std = s.mean_std()
-    torch.testing.assert_close(mean, values.double().mean(0).float(), atol=1.0 / QUANTUM_SCALE, rtol=0)
-    torch.testing.assert_close(std, values.double().std(0, unbiased=False).float(), rtol=1e-4, atol=1e-4)
-    expected_z = (values.max(0).values - values.double().mean(0).float()) / values.double().std(0, unbiased=False).float()
+    torch.testing.assert_close(
+        mean, values.double().mean(0).float(), atol=1.0 / QUANTUM_SCALE, rtol=0
+    )
+    torch.testing.assert_close(
+        std, values.double().std(0, unbiased=False).float(), rtol=1e-4, atol=1e-4
+    )
+    expected_z = (
+        values.max(0).values - values.double().mean(0).float()
+    ) / values.double().std(0, unbiased=False).float()
     torch.testing.assert_close(s.zscore(), expected_z, rtol=1e-4, atol=1e-4)
 
 

@@ -7,13 +7,22 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Literal, TypeVar
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from twodtm.ctf import Optics
 from twodtm.errors import ConfigError
 from twodtm.orientations import parse_symmetry
+from twodtm.preprocess import FilterSettings
 
 # Plausibility limits of user input (pixel sizes in A, values per range search).
 MIN_PIXEL_SIZE = 0.05
@@ -34,7 +43,9 @@ class OpticsConfig(_Strict):
     voltage: float = Field(300.0, gt=0, le=1000, description="acceleration voltage, kV")
     spherical_aberration: float = Field(2.7, ge=0, description="Cs, mm")
     amplitude_contrast: float = Field(0.07, ge=0, le=1)
-    defocus_u: float = Field(description="defocus along the major axis, A (underfocus > 0)")
+    defocus_u: float = Field(
+        description="defocus along the major axis, A (underfocus > 0)"
+    )
     defocus_v: float = Field(description="defocus along the minor axis, A")
     astigmatism_angle: float = Field(0.0, description="angle of defocus_u from x, deg")
     phase_shift: float = Field(0.0, description="phase-plate shift, deg")
@@ -49,6 +60,20 @@ class OpticsConfig(_Strict):
                 "pixel size in Angstrom (1 nm = 10 A)"
             )
         return value
+
+    def to_optics(self) -> Optics:
+        """Return the plain ``Optics`` value object the core works with."""
+        return Optics(
+            pixel_size=self.pixel_size,
+            voltage=self.voltage,
+            spherical_aberration=self.spherical_aberration,
+            amplitude_contrast=self.amplitude_contrast,
+            defocus_u=self.defocus_u,
+            defocus_v=self.defocus_v,
+            astigmatism_angle=self.astigmatism_angle,
+            phase_shift=self.phase_shift,
+            b_factor=self.ctf_b_factor,
+        )
 
 
 class RangeSearch(_Strict):
@@ -65,7 +90,9 @@ class RangeSearch(_Strict):
             if self.step <= 0:
                 raise ValueError(f"step must be > 0, got {self.step}")
             if self.max < self.min:
-                raise ValueError(f"max ({self.max}) is below min ({self.min}); swap them")
+                raise ValueError(
+                    f"max ({self.max}) is below min ({self.min}); swap them"
+                )
             count = (self.max - self.min) / self.step + 1
             if count > MAX_RANGE_VALUES:
                 raise ValueError(
@@ -75,7 +102,7 @@ class RangeSearch(_Strict):
         return self
 
     def offsets(self) -> list[float]:
-        """The offsets searched ([0.0] when disabled)."""
+        """Return the offsets searched ([0.0] when disabled)."""
         if not self.enabled:
             return [0.0]
         count = int(round((self.max - self.min) / self.step)) + 1
@@ -151,6 +178,16 @@ class Preprocessing(_Strict):
         False, description="pad a non-cubic template to a cube instead of refusing it"
     )
 
+    def filter_settings(self) -> FilterSettings:
+        """Return the whitening and bandpass settings as a plain value object."""
+        return FilterSettings(
+            whitening=self.whitening,
+            whitening_high_resolution=self.whitening_high_resolution,
+            bandpass_low_resolution=self.bandpass_low_resolution,
+            bandpass_high_resolution=self.bandpass_high_resolution,
+            bandpass_falloff=self.bandpass_falloff,
+        )
+
     @model_validator(mode="after")
     def _band_order(self) -> Preprocessing:
         low, high = self.bandpass_low_resolution, self.bandpass_high_resolution
@@ -165,7 +202,9 @@ class Preprocessing(_Strict):
 class Compute(_Strict):
     """Where and in what pieces the search runs."""
 
-    devices: str | list[str] = Field("cpu", description='"cpu", "cuda:0", ["cuda:0", ...] or "all"')
+    devices: str | list[str] = Field(
+        "cpu", description='"cpu", "cuda:0", ["cuda:0", ...] or "all"'
+    )
     batch_size: int | Literal["auto"] = "auto"
     chunk_size: int | Literal["auto"] = "auto"
     executor: Literal["auto", "in-process", "local", "dask"] = Field(
@@ -230,7 +269,7 @@ class MatchConfig(_Strict):
         return self
 
     def with_paths_relative_to(self, base: str | os.PathLike[str]) -> MatchConfig:
-        """A copy whose relative input paths are resolved against ``base``."""
+        """Return a copy whose relative input paths are resolved against ``base``."""
         root = Path(base)
         fields = {}
         for name in ("micrograph", "template"):
@@ -262,7 +301,9 @@ def parse_config(model: type[ModelT], data: object, source: str = "config") -> M
         Naming every invalid field and what is wrong with it.
     """
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}: expected a mapping of keys, found {type(data).__name__}")
+        raise ConfigError(
+            f"{source}: expected a mapping of keys, found {type(data).__name__}"
+        )
     try:
         return model.model_validate(data)
     except ValidationError as err:
@@ -288,6 +329,33 @@ def load_match_config(path: str | os.PathLike[str]) -> MatchConfig:
     """Read and validate a ``twodtm match`` YAML; relative paths follow the file."""
     config = parse_config(MatchConfig, load_yaml(path), str(path))
     return config.with_paths_relative_to(Path(path).parent)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """Parse ``KEY=VALUE`` pairs (dotted keys allowed), each value read as YAML."""
+    found: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(
+                f"--set {pair!r}: write KEY=VALUE, e.g. --set compute.workers=2"
+            )
+        found[key.strip()] = yaml.safe_load(value)
+    return found
+
+
+def with_overrides(config: ModelT, pairs: list[str]) -> ModelT:
+    """Return ``config`` with ``section.key=value`` overrides applied and validated."""
+    data = config.model_dump(mode="json")
+    for key, value in parse_overrides(pairs).items():
+        *sections, leaf = key.split(".")
+        node = data
+        for name in sections:
+            if not isinstance(node.get(name), dict):
+                raise ConfigError(f"--set {key}: {name!r} is not a config section")
+            node = node[name]
+        node[leaf] = value
+    return parse_config(type(config), data, "--set options")
 
 
 def dump_yaml(config: BaseModel) -> str:
@@ -519,12 +587,16 @@ class SimulateConfig(_Strict):
     n_particles: int | None = Field(None, ge=0)
     density: float | None = Field(None, ge=0, description="particles per square um")
     dose: float = Field(30.0, gt=0)
-    defocus_spread: float = Field(100.0, ge=0, description="per-particle defocus std, A")
+    defocus_spread: float = Field(
+        100.0, ge=0, description="per-particle defocus std, A"
+    )
     gaussian_noise: float = Field(0.0, ge=0, description="extra noise std, counts/px")
     min_separation: float | None = Field(None, gt=0, description="px")
     seed: int = 0
     box_size: int | None = Field(None, ge=8, description="box of a model's map, px")
-    simulation_b_factor: float = Field(0.0, ge=0, description="extra atom B of the model")
+    simulation_b_factor: float = Field(
+        0.0, ge=0, description="extra atom B of the model"
+    )
     template_b_factor: float = Field(0.0, ge=0, description="extra B of template.mrc")
     template_resolution: float | None = Field(None, gt=0, description="low-pass, A")
 
@@ -537,8 +609,10 @@ class SimulateConfig(_Strict):
         return self
 
     def particle_count(self) -> int:
-        """Number of particles, from the count or the density per square micrometre."""
+        """Return the particle count, given or from the density per um^2."""
         if self.n_particles is not None:
             return self.n_particles
-        area_um2 = self.image_size[0] * self.image_size[1] * self.optics.pixel_size**2 / 1e8
+        area_um2 = (
+            self.image_size[0] * self.image_size[1] * self.optics.pixel_size**2 / 1e8
+        )
         return int(round(float(self.density or 0.0) * area_um2))

@@ -39,7 +39,6 @@ from twodtm.refine import (
     Template,
     fit_particle,
     local_settings_from,
-    optics_from_fields,
     read_micrograph,
     read_particle_table,
     read_template,
@@ -232,7 +231,7 @@ def run_constrained(
             "or choose another --output directory."
         )
     device = resolve_devices(config.compute.devices)[0]
-    optics = optics_from_fields(config.optics)
+    optics = config.optics.to_optics()
     micrograph = read_micrograph(
         config.micrograph, optics, config.preprocessing, device
     )

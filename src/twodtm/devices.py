@@ -11,7 +11,9 @@ def _one(name: str) -> torch.device:
     try:
         device = torch.device(name)
     except RuntimeError as err:
-        raise DeviceError(f"unknown device {name!r}: use 'cpu', 'cuda:N' or 'all'") from err
+        raise DeviceError(
+            f"unknown device {name!r}: use 'cpu', 'cuda:N' or 'all'"
+        ) from err
     if device.type == "cuda":
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         index = 0 if device.index is None else device.index

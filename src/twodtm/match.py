@@ -24,9 +24,9 @@ from twodtm.errors import OutputExistsError
 from twodtm.io.mrc import read_mrc
 from twodtm.io.results import MatchResult
 from twodtm.orientations import orientation_grid
-from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
-from twodtm.search.checkpoint import fingerprint
+from twodtm.preprocess import prepare_image, prepare_template
 from twodtm.search import engine
+from twodtm.search.checkpoint import fingerprint
 from twodtm.search.engine import build_search_inputs
 from twodtm.search.executors import (
     DaskExecutor,
@@ -46,7 +46,14 @@ from twodtm.search.statistics import SearchStatistics
 from twodtm.validation import check_match_inputs, check_output_writable
 
 ProgressHook = Callable[[int, int], None]
-_VERSIONED = ("twodtm", "torch", "torch-fourier-slice", "torch-ctf", "torch-so3", "numpy")
+_VERSIONED = (
+    "twodtm",
+    "torch",
+    "torch-fourier-slice",
+    "torch-ctf",
+    "torch-so3",
+    "numpy",
+)
 
 
 @dataclass(frozen=True)
@@ -57,34 +64,6 @@ class MatchInputs:
     template: np.ndarray
     optics: Optics
     template_pixel_size: float
-
-
-def optics_from_config(config: MatchConfig) -> Optics:
-    """Plain optics value object from the validated config."""
-    o = config.optics
-    return Optics(
-        pixel_size=o.pixel_size,
-        voltage=o.voltage,
-        spherical_aberration=o.spherical_aberration,
-        amplitude_contrast=o.amplitude_contrast,
-        defocus_u=o.defocus_u,
-        defocus_v=o.defocus_v,
-        astigmatism_angle=o.astigmatism_angle,
-        phase_shift=o.phase_shift,
-        b_factor=o.ctf_b_factor,
-    )
-
-
-def filter_settings(config: MatchConfig) -> FilterSettings:
-    """Whitening and bandpass settings from the config."""
-    p = config.preprocessing
-    return FilterSettings(
-        whitening=p.whitening,
-        whitening_high_resolution=p.whitening_high_resolution,
-        bandpass_low_resolution=p.bandpass_low_resolution,
-        bandpass_high_resolution=p.bandpass_high_resolution,
-        bandpass_falloff=p.bandpass_falloff,
-    )
 
 
 def load_inputs(config: MatchConfig) -> MatchInputs:
@@ -101,7 +80,7 @@ def load_inputs(config: MatchConfig) -> MatchInputs:
     return MatchInputs(
         micrograph=checked.micrograph,
         template=checked.template,
-        optics=optics_from_config(config),
+        optics=config.optics.to_optics(),
         template_pixel_size=checked.template_pixel_size,
     )
 
@@ -109,11 +88,17 @@ def load_inputs(config: MatchConfig) -> MatchInputs:
 def build_search_space(config: MatchConfig) -> SearchSpace:
     """Orientations x pixel sizes x defocus offsets from the config."""
     o = config.orientation_search
-    angles = orientation_grid(o.in_plane_step, o.out_of_plane_step, o.symmetry, o.base_grid)
-    pixel_offsets = torch.tensor(config.pixel_size_search.offsets(), dtype=torch.float64)
+    angles = orientation_grid(
+        o.in_plane_step, o.out_of_plane_step, o.symmetry, o.base_grid
+    )
+    pixel_offsets = torch.tensor(
+        config.pixel_size_search.offsets(), dtype=torch.float64
+    )
     return SearchSpace(
         euler_angles=angles,
-        defocus_offsets=torch.tensor(config.defocus_search.offsets(), dtype=torch.float64),
+        defocus_offsets=torch.tensor(
+            config.defocus_search.offsets(), dtype=torch.float64
+        ),
         pixel_sizes=config.optics.pixel_size + pixel_offsets,
     )
 
@@ -173,20 +158,30 @@ def prepare_task(
     image = prepare_image(
         torch.from_numpy(inputs.micrograph).to(device),
         inputs.optics.pixel_size,
-        filter_settings(config),
+        config.preprocessing.filter_settings(),
         config.preprocessing.pad_to_fft_friendly,
     )
     template = torch.from_numpy(inputs.template).to(device)
     template_dft = prepare_template(template, config.preprocessing.template_padding)
     search_inputs = build_search_inputs(
-        template_dft, template.shape[-1], image, inputs.optics, space, inputs.template_pixel_size
+        template_dft,
+        template.shape[-1],
+        image,
+        inputs.optics,
+        space,
+        inputs.template_pixel_size,
     )
     compute = config.compute
     engine.check_precision(compute.precision, device, image.padded_shape)
     fused = compute.fused_statistics
     if fused == "auto":
         fused = engine.use_fused(device, space.size, image.shape)
-    search_inputs = replace(search_inputs, precision=compute.precision, fused=fused)
+    search_inputs = replace(
+        search_inputs,
+        precision=compute.precision,
+        fused=fused,
+        filters_per_transform=engine.default_filters_per_transform(device),
+    )
     batch = compute.batch_size
     if batch == "auto":
         batch = engine.auto_batch_size(device, image.padded_shape, space.n_filters)
@@ -321,7 +316,8 @@ def match_template(
     return MatchResult(
         maps=decode_maps(stats, space, inputs.optics),
         pixel_size=inputs.optics.pixel_size,
-        metadata=_metadata(config, space, stats, elapsed, _describe(executor)),
+        metadata=_metadata(config, space, stats, elapsed, _describe(executor))
+        | {"template_size": int(inputs.template.shape[-1])},
     )
 
 
@@ -404,7 +400,9 @@ def run_match(
 
 
 def _bar_hook(bar: Progress, config: MatchConfig) -> ProgressHook:
-    n_filters = len(config.defocus_search.offsets()) * len(config.pixel_size_search.offsets())
+    n_filters = len(config.defocus_search.offsets()) * len(
+        config.pixel_size_search.offsets()
+    )
     task = bar.add_task("match", total=None, rate="")
     started = time.perf_counter()
 

@@ -36,7 +36,6 @@ from twodtm.refine import (
     Template,
     local_settings_from,
     make_template,
-    optics_from_fields,
     read_micrograph,
     read_particle_table,
     read_template,
@@ -258,7 +257,7 @@ def run_optimize(
             "or choose another --output directory."
         )
     device = resolve_devices(config.compute.devices)[0]
-    optics = optics_from_fields(config.optics)
+    optics = config.optics.to_optics()
     micrograph = read_micrograph(
         config.micrograph, optics, config.preprocessing, device
     )

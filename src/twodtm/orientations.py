@@ -155,9 +155,15 @@ def random_rotations(n: int, generator: torch.Generator) -> torch.Tensor:
     q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
     w, x, y, z = (q / q.norm(dim=1, keepdim=True)).unbind(-1)
     rows = [
-        torch.stack([1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1),
-        torch.stack([2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1),
-        torch.stack([2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1),
+        torch.stack(
+            [1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w)], -1
+        ),
+        torch.stack(
+            [2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w)], -1
+        ),
+        torch.stack(
+            [2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y)], -1
+        ),
     ]
     return torch.stack(rows, -2)
 
@@ -170,7 +176,9 @@ def _axis_rotation(axis: tuple[float, float, float], degrees: float) -> torch.Te
         dtype=torch.float64,
     )
     t = math.radians(degrees)
-    return torch.eye(3, dtype=torch.float64) + math.sin(t) * k + (1 - math.cos(t)) * k @ k
+    return (
+        torch.eye(3, dtype=torch.float64) + math.sin(t) * k + (1 - math.cos(t)) * k @ k
+    )
 
 
 def _close_group(generators: list[torch.Tensor]) -> torch.Tensor:

@@ -1,11 +1,11 @@
-"""Micrograph and template preprocessing: normalisation, whitening, bandpass, padding."""
+"""Preprocessing of micrographs and templates: whitening, bandpass, padding."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
+from torch.nn.functional import pad as zero_pad
 from torch_fourier_slice.volume_utils import separable_sinc2_correction
 
 from twodtm.ctf import frequency_grid
@@ -49,7 +49,9 @@ def fft_friendly_size(n: int) -> int:
         m += 2
 
 
-def radial_power_spectrum(image_dft: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def radial_power_spectrum(
+    image_dft: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
     """Radially averaged power of an rfft2, resampled back onto the rfft grid.
 
     Parameters
@@ -190,7 +192,7 @@ def prepare_image(
     if pad_to_fft_friendly:
         padded_shape = (fft_friendly_size(shape[0]), fft_friendly_size(shape[1]))
         pad = (0, padded_shape[1] - shape[1], 0, padded_shape[0] - shape[0])
-        centred = F.pad(centred, pad)
+        centred = zero_pad(centred, pad)
     dft = torch.fft.rfft2(centred)
     whitening = whitening_filter(dft, padded_shape, pixel_size, settings)
     whitened = dft * whitening
@@ -227,12 +229,16 @@ def prepare_template(volume: torch.Tensor, pad_factor: float = 2.0) -> torch.Ten
     """
     t = volume.shape[-1]
     faces = torch.cat(
-        [volume[[0, -1]].flatten(), volume[:, [0, -1]].flatten(), volume[..., [0, -1]].flatten()]
+        [
+            volume[[0, -1]].flatten(),
+            volume[:, [0, -1]].flatten(),
+            volume[..., [0, -1]].flatten(),
+        ]
     )
     vol = volume.to(torch.float32) - faces.mean()
     pad = int(t * (pad_factor - 1.0)) // 2
     if pad:
-        vol = F.pad(vol, [pad] * 6)
+        vol = zero_pad(vol, [pad] * 6)
     vol = vol / separable_sinc2_correction(tuple(vol.shape), device=vol.device)
     dft = torch.fft.rfftn(torch.fft.ifftshift(vol, dim=(-3, -2, -1)), dim=(-3, -2, -1))
     return torch.fft.fftshift(dft, dim=(-3, -2)).to(torch.complex64)

@@ -19,7 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twodtm.config import LocalSearch, OpticsConfig, Preprocessing, RefineConfig
+from twodtm.config import LocalSearch, Preprocessing, RefineConfig
 from twodtm.ctf import Optics
 from twodtm.devices import resolve_devices
 from twodtm.errors import InputDataError, OutputExistsError
@@ -387,32 +387,6 @@ _ADDED = (
 )
 
 
-def optics_from_fields(fields: OpticsConfig) -> Optics:
-    """Plain optics from the validated ``optics`` section of any program's YAML."""
-    return Optics(
-        pixel_size=fields.pixel_size,
-        voltage=fields.voltage,
-        spherical_aberration=fields.spherical_aberration,
-        amplitude_contrast=fields.amplitude_contrast,
-        defocus_u=fields.defocus_u,
-        defocus_v=fields.defocus_v,
-        astigmatism_angle=fields.astigmatism_angle,
-        phase_shift=fields.phase_shift,
-        b_factor=fields.ctf_b_factor,
-    )
-
-
-def filter_settings_from(fields: Preprocessing) -> FilterSettings:
-    """Whitening and bandpass settings from a ``preprocessing`` section."""
-    return FilterSettings(
-        whitening=fields.whitening,
-        whitening_high_resolution=fields.whitening_high_resolution,
-        bandpass_low_resolution=fields.bandpass_low_resolution,
-        bandpass_high_resolution=fields.bandpass_high_resolution,
-        bandpass_falloff=fields.bandpass_falloff,
-    )
-
-
 def local_settings_from(
     fields: LocalSearch, batch_size: int | str = "auto"
 ) -> LocalSettings:
@@ -443,7 +417,7 @@ def read_micrograph(
         )
     image = torch.from_numpy(data).to(device)
     return prepare_micrograph(
-        image, optics, filter_settings_from(fields), fields.pad_to_fft_friendly
+        image, optics, fields.filter_settings(), fields.pad_to_fft_friendly
     )
 
 
@@ -498,7 +472,7 @@ def run_refine(
             "another --output directory."
         )
     device = resolve_devices(config.compute.devices)[0]
-    optics = optics_from_fields(config.optics)
+    optics = config.optics.to_optics()
     micrograph = read_micrograph(
         config.micrograph, optics, config.preprocessing, device
     )

@@ -486,18 +486,7 @@ def load_volume(config: SimulateConfig) -> torch.Tensor:
 
 def run_simulate_config(config: SimulateConfig) -> dict[str, Path]:
     """Simulate and write micrograph.mrc, template.mrc and truth.star as configured."""
-    o = config.optics
-    optics = Optics(
-        pixel_size=o.pixel_size,
-        voltage=o.voltage,
-        spherical_aberration=o.spherical_aberration,
-        amplitude_contrast=o.amplitude_contrast,
-        defocus_u=o.defocus_u,
-        defocus_v=o.defocus_v,
-        astigmatism_angle=o.astigmatism_angle,
-        phase_shift=o.phase_shift,
-        b_factor=o.ctf_b_factor,
-    )
+    optics = config.optics.to_optics()
     volume = load_volume(config)
     params = SimulationParams(
         image_shape=config.image_size,
@@ -510,9 +499,9 @@ def run_simulate_config(config: SimulateConfig) -> dict[str, Path]:
     )
     sim = simulate_micrograph(volume, optics, params)
     template = degrade_volume(
-        volume, o.pixel_size, config.template_b_factor, config.template_resolution
+        volume, optics.pixel_size, config.template_b_factor, config.template_resolution
     )
-    return write_simulation(sim, config.output, template, o.pixel_size)
+    return write_simulation(sim, config.output, template, optics.pixel_size)
 
 
 __all__ = [

@@ -2,13 +2,33 @@
 
 from __future__ import annotations
 
-from twodtm.cli import bench_cmd, config_cmd, match_cmd, report_cmd
-from twodtm.cli import constrained_cmd, optimize_cmd, refine_cmd
-from twodtm.cli import demo_cmd, peaks_cmd, simulate_cmd
+from twodtm.cli import (
+    bench_cmd,
+    config_cmd,
+    constrained_cmd,
+    demo_cmd,
+    match_cmd,
+    optimize_cmd,
+    peaks_cmd,
+    refine_cmd,
+    report_cmd,
+    simulate_cmd,
+)
 from twodtm.cli.app import app, console, main
 
 # One entry per program module; each module's ``register`` adds its commands.
-PROGRAMS = (config_cmd, match_cmd, report_cmd, bench_cmd, refine_cmd, optimize_cmd, constrained_cmd, simulate_cmd, peaks_cmd, demo_cmd)
+PROGRAMS = (
+    config_cmd,
+    match_cmd,
+    report_cmd,
+    bench_cmd,
+    refine_cmd,
+    optimize_cmd,
+    constrained_cmd,
+    simulate_cmd,
+    peaks_cmd,
+    demo_cmd,
+)
 for _program in PROGRAMS:
     _program.register(app)
 

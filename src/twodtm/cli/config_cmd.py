@@ -21,12 +21,16 @@ EXAMPLES = {
 def example_text(program: str) -> str:
     """Commented example YAML of ``program``."""
     if program not in EXAMPLES:
-        raise ConfigError(f"no example for {program!r}: choose one of {sorted(EXAMPLES)}")
+        raise ConfigError(
+            f"no example for {program!r}: choose one of {sorted(EXAMPLES)}"
+        )
     return resources.files("twodtm.data").joinpath(EXAMPLES[program]).read_text("utf-8")
 
 
 def config_example(
-    program: Annotated[str, typer.Argument(help="program whose config to print")] = "match",
+    program: Annotated[
+        str, typer.Argument(help="program whose config to print")
+    ] = "match",
 ) -> None:
     """Print a commented example configuration."""
     sys.stdout.write(example_text(program))

@@ -3,24 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
 from twodtm.batch import SUMMARY_NAME, list_micrographs, run_batch
 from twodtm.cli.app import console, correlation_progress
-from twodtm.config import MatchConfig, load_match_config, parse_config
+from twodtm.config import load_match_config, with_overrides
 from twodtm.match import run_match
-
-
-def _with_compute(config: MatchConfig, overrides: dict[str, Any]) -> MatchConfig:
-    """``config`` with the given ``compute`` fields replaced (validated again)."""
-    chosen = {k: v for k, v in overrides.items() if v is not None}
-    if not chosen:
-        return config
-    data = config.model_dump(mode="json")
-    data["compute"] = {**data["compute"], **chosen}
-    return parse_config(MatchConfig, data, "command-line options")
+from twodtm.report import write_report
 
 
 def match(
@@ -41,29 +32,32 @@ def match(
     scheduler: Annotated[
         str | None, typer.Option(help="address of a running Dask scheduler")
     ] = None,
-    workers: Annotated[
-        int | None,
-        typer.Option(help="local worker processes (default: one per device)"),
+    settings: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="override a config value, e.g. --set compute.workers=2 "
+            "--set compute.checkpoint_interval_minutes=5",
+        ),
     ] = None,
-    checkpoint_interval: Annotated[
-        float | None, typer.Option(help="minutes between checkpoints (0: every chunk)")
-    ] = None,
+    report: Annotated[
+        bool, typer.Option(help="write report.html with pictures into the result")
+    ] = True,
 ) -> None:
     """Search a micrograph (or many) for every copy of a template.
 
     Re-running the same command resumes an interrupted search from its checkpoint
     and, with --micrographs, skips micrographs that already have a result.
     """
-    cfg = _with_compute(
-        load_match_config(config),
-        {
-            "scheduler": scheduler,
-            "workers": workers,
-            "checkpoint_interval_minutes": checkpoint_interval,
-        },
-    )
+    pairs = list(settings or [])
+    if scheduler is not None:
+        pairs.append(f"compute.scheduler={scheduler}")
+    cfg = with_overrides(load_match_config(config), pairs)
     if micrographs is None:
         run_match(cfg, output, overwrite, correlation_progress(), restart=restart)
+        if report:
+            page = write_report(output or cfg.output.directory)
+            console.print(f"report: {page}", highlight=False)
         return
     root = output or Path(cfg.output.directory)
     rows = run_batch(

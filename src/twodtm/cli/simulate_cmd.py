@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
-import yaml
 
 from twodtm.cli.app import console
-from twodtm.config import SimulateConfig, parse_config
-from twodtm.errors import ConfigError
+from twodtm.config import SimulateConfig, parse_config, parse_overrides
 from twodtm.simulate import run_simulate_config
 
 _OPTICS_KEYS = {
@@ -19,17 +17,6 @@ _OPTICS_KEYS = {
     "amplitude_contrast",
     "astigmatism_angle",
 }
-
-
-def _settings(pairs: list[str]) -> dict[str, Any]:
-    """``KEY=VALUE`` pairs, each value parsed as YAML (numbers, null, lists)."""
-    found: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(f"--set {pair!r}: write KEY=VALUE, e.g. --set dose=40")
-        found[key.strip()] = yaml.safe_load(value)
-    return found
 
 
 def simulate(
@@ -60,7 +47,7 @@ def simulate(
     ] = None,
 ) -> None:
     """Simulate micrograph.mrc, template.mrc and truth.star into OUTPUT."""
-    extra = _settings(set_ or [])
+    extra = parse_overrides(set_ or [])
     astigmatism = float(extra.pop("astigmatism", 0.0))
     optics = {"pixel_size": pixel_size, "defocus_u": defocus + astigmatism / 2}
     optics["defocus_v"] = defocus - astigmatism / 2

@@ -49,9 +49,9 @@ class SearchInputs:
         ``(P, D, H, W // 2 + 1)`` complex64: the whitened image DFT times each
         template filter (CTF x whitening x bandpass), which is real.
     norm_weights : torch.Tensor
-        ``(P, K, D)`` float32 with ``K = H * (W // 2 + 1)``: squared filters times
-        the rfft Parseval weights over ``H * W``, so ``|P|^2 @ norm_weights`` is
-        the squared norm of each filtered projection in real space.
+        ``(P, D, K)`` float32 with ``K = H * (W // 2 + 1)``: squared filters times
+        the rfft Parseval weights over ``H * W``, so ``norm_weights[p] @ |P|^2``
+        is the squared norm of each filtered projection in real space.
     pixel_scales : tuple[float, ...]
         Per pixel size, the factor on slice frequencies (template / micrograph px).
     image_shape : tuple[int, int]
@@ -61,6 +61,10 @@ class SearchInputs:
     fused : bool
         Fold each orientation's maps into the statistics with the compiled
         one-pass kernel (``statistics.fused_accumulate``).
+    filters_per_transform : int
+        Defocus maps per inverse-FFT call (0: all D at once). On the CPU one map
+        at a time stays in cache and measured 2.6x faster per map than 13 batched;
+        on CUDA a batch of all D fills the device.
     """
 
     template_dft: torch.Tensor
@@ -71,6 +75,14 @@ class SearchInputs:
     image_shape: tuple[int, int]
     precision: Precision = "fp32"
     fused: bool = False
+    filters_per_transform: int = 0
+
+    @property
+    def transform_group(self) -> int:
+        """Defocus maps per inverse FFT, resolved (1..D)."""
+        d = int(self.filtered_image.shape[1])
+        group = self.filters_per_transform
+        return d if group <= 0 else min(group, d)
 
     @property
     def n_filters(self) -> int:
@@ -138,7 +150,7 @@ def build_search_inputs(
     for pixel_size in space.pixel_sizes.tolist():
         filters = ctf_stack(optics, offsets, shape, pixel_size) * image.template_filter
         filtered.append(image.whitened_dft * filters)
-        weights.append((filters.square() * parseval).flatten(1).T.contiguous())
+        weights.append((filters.square() * parseval).flatten(1))
         scales.append(template_px / pixel_size)
     return SearchInputs(
         template_dft=template_dft,
@@ -221,8 +233,10 @@ def filter_norms(
     inputs: SearchInputs, dfts: torch.Tensor, pixel_index: int
 ) -> torch.Tensor:
     """Real-space norms ``(B, D)`` of every projection under every defocus filter."""
-    power = dfts.abs().square().flatten(1)
-    return (power @ inputs.norm_weights[pixel_index]).clamp_min(1e-30).sqrt()
+    # |P|^2 as the real part of P conj(P): one pass, no square root (as abs() has).
+    power = (dfts * dfts.conj()).real.flatten(1)
+    squared = inputs.norm_weights[pixel_index] @ power.T  # (D, K) @ (K, B): a GEMV
+    return squared.T.clamp_min(1e-30).sqrt()
 
 
 def correlate(
@@ -275,6 +289,11 @@ def check_precision(
         )
 
 
+def default_filters_per_transform(device: torch.device) -> int:
+    """Defocus maps per inverse FFT: 1 on the CPU (cache), all (0) on CUDA."""
+    return 0 if device.type == "cuda" else 1
+
+
 def auto_batch_size(
     device: torch.device, image_shape: tuple[int, int], n_filters: int = 1
 ) -> int:
@@ -304,9 +323,11 @@ class Workspace:
     Attributes
     ----------
     product : torch.Tensor
-        ``(D, H, W // 2 + 1)`` filtered image times the projection's conjugate DFT.
+        ``(G, H, W // 2 + 1)`` filtered images times the projection's conjugate
+        DFT, G = ``SearchInputs.transform_group`` filters at a time.
     maps : torch.Tensor
-        ``(D, H, W)`` inverse transforms of ``product``.
+        ``(D, H, W)`` inverse transforms of all D filters' products, folded into
+        the statistics once per orientation.
     """
 
     product: torch.Tensor
@@ -315,12 +336,12 @@ class Workspace:
 
 def workspace(inputs: SearchInputs) -> Workspace:
     """Allocate the buffers for ``inputs`` (half precision when it is fp16)."""
-    d = int(inputs.filtered_image.shape[1])
+    g, d = inputs.transform_group, int(inputs.filtered_image.shape[1])
     h, w = inputs.image_shape
     half = inputs.precision == "fp16"
     return Workspace(
         product=torch.empty(
-            (d, h, w // 2 + 1),
+            (g, h, w // 2 + 1),
             dtype=torch.complex32 if half else torch.complex64,
             device=inputs.device,
         ),
@@ -338,33 +359,52 @@ def filtered_products(
     norms: torch.Tensor,
     pixel_index: int,
     space: Workspace,
+    first_filter: int = 0,
+    conjugated: bool = False,
 ) -> torch.Tensor:
-    """Every filtered image times ``conj(dft)``, written into ``space.product``.
+    """Multiply filtered images by ``conj(dft)`` into ``space.product``.
 
-    In fp16 the product is also scaled by ``1 / (H W norms)`` (see the module notes).
+    Filters ``first_filter`` to ``first_filter + G`` (G = the workspace's size) of
+    pixel size ``pixel_index``; ``norms`` holds those G filters' norms. In fp16 the
+    product is also scaled by ``1 / (H W norms)`` (see the module notes). Pass
+    ``conjugated=True`` when ``dft`` already holds the conjugate (saves a copy).
 
     Returns
     -------
     torch.Tensor
-        ``space.product``, ``(D, H, W // 2 + 1)``.
+        ``space.product``, ``(G, H, W // 2 + 1)``.
     """
-    filtered = inputs.filtered_image[pixel_index]
+    group = int(space.product.shape[0])
+    filtered = inputs.filtered_image[pixel_index, first_filter : first_filter + group]
+    product = space.product[: filtered.shape[0]]
+    other = dft if conjugated else dft.conj().resolve_conj()
     if inputs.precision == "fp16":
         h, w = inputs.image_shape
         scale = (1.0 / (norms * (h * w)))[:, None, None]
-        return space.product.copy_(filtered * dft.conj() * scale)
-    return torch.mul(filtered, dft.conj(), out=space.product)
+        return product.copy_(filtered * other * scale)
+    return torch.mul(filtered, other, out=product)
 
 
-def inverse_transforms(inputs: SearchInputs, space: Workspace) -> torch.Tensor:
-    """``irfft2`` of ``space.product`` into ``space.maps`` (``(D, H, W)``).
+def inverse_transforms(
+    inputs: SearchInputs, space: Workspace, count: int | None = None, first: int = 0
+) -> torch.Tensor:
+    """``irfft2`` of the first ``count`` products into ``space.maps[first:]``.
 
     In fp32 the maps still need dividing by the norms (the statistics update does
     it); in fp16 they are already normalised.
+
+    Returns
+    -------
+    torch.Tensor
+        The ``(count, H, W)`` maps written.
     """
+    n = int(space.product.shape[0]) if count is None else count
     norm = "forward" if inputs.precision == "fp16" else "backward"
     return torch.fft.irfft2(
-        space.product, s=inputs.image_shape, norm=norm, out=space.maps
+        space.product[:n],
+        s=inputs.image_shape,
+        norm=norm,
+        out=space.maps[first : first + n],
     )
 
 
@@ -399,9 +439,15 @@ def search_orientations(
         projections = project(inputs, rotations, inputs.pixel_scales[pixel_index])
         for b in range(projections.shape[0]):
             dft = padded_dft(projections[b : b + 1], inputs.image_shape)
-            norms = filter_norms(inputs, dft, pixel_index)
-            filtered_products(inputs, dft[0], norms[0], pixel_index, space)
-            maps = inverse_transforms(inputs, space)
+            norms = filter_norms(inputs, dft, pixel_index)[0]
+            conj = dft[0].conj().resolve_conj()
+            size = int(space.product.shape[0])
+            for start in range(0, n_defocus, size):
+                group = norms[start : start + size]
+                filtered_products(inputs, conj, group, pixel_index, space, start, True)
+                inverse_transforms(inputs, space, int(group.shape[0]), start)
             first = ((first_orientation + b) * n_pixel + pixel_index) * n_defocus
-            divisors = None if inputs.precision == "fp16" else norms[0]
-            statistics.update(maps[:, :h, :w], first, divisors, fused=inputs.fused)
+            divisors = None if inputs.precision == "fp16" else norms
+            statistics.update(
+                space.maps[:, :h, :w], first, divisors, fused=inputs.fused
+            )

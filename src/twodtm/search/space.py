@@ -67,7 +67,9 @@ class SearchSpace:
         """Total number of correlations per pixel."""
         return self.n_orientations * self.n_filters
 
-    def decode(self, index: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def decode(
+        self, index: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Split flat indices into (orientation, pixel-size, defocus) indices."""
         orientation = torch.div(index, self.n_filters, rounding_mode="floor")
         rest = index - orientation * self.n_filters

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 import torch
 
@@ -33,6 +35,19 @@ def blob() -> torch.Tensor:
 def sharp_blob() -> torch.Tensor:
     """A 32^3 template with finer detail (more, narrower blobs)."""
     return blob_volume(n_blobs=40, seed=4, sigma=1.0)
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """Run a module on one torch thread, restoring the count afterwards.
+
+    CPU FFT results depend on the thread count in their last bits, so tests that
+    compare runs across processes fix it; small FFTs are also fastest this way.
+    """
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(params=DEVICES)

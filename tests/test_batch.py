@@ -3,14 +3,12 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import starfile
-import torch
 from typer.testing import CliRunner
 
 from _scale_data import small_config, write_inputs
@@ -28,13 +26,7 @@ from twodtm.config import MatchConfig, dump_yaml, parse_config
 from twodtm.errors import ConfigError, InputFileError
 from twodtm.io.results import MatchResult
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny_config(root: Path) -> MatchConfig:

@@ -52,13 +52,7 @@ SETTINGS = LocalSettings(
 )
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Box-sized FFTs run fastest on one thread, and the CI machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def blobs(centres: torch.Tensor, size: int) -> torch.Tensor:

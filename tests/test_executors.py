@@ -28,14 +28,7 @@ from twodtm.search.executors import (
 from twodtm.search.space import Chunk
 from twodtm.search.statistics import SearchStatistics
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Iterator[None]:
-    """Workers get one torch thread each; CPU FFT bits depend on the thread count."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

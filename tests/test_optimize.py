@@ -21,13 +21,7 @@ TRUE_PIXEL = 1.0
 WRONG_PIXEL = 1.03  # the label the template is given: 3 % off
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Box-sized FFTs run fastest on one thread, and the CI machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def detailed_volume(size: int = 48, n_blobs: int = 80, seed: int = 2) -> torch.Tensor:

@@ -71,13 +71,7 @@ def rotations_of(table: pd.DataFrame) -> torch.Tensor:
     return euler_to_matrix(torch.tensor(table[["phi", "theta", "psi"]].to_numpy()))
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Box-sized FFTs run fastest on one thread, and the CI machine is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -61,6 +61,21 @@ class OpticsConfig(_Strict):
             )
         return value
 
+    @classmethod
+    def from_optics(cls, optics: Optics) -> OpticsConfig:
+        """Return the config section describing ``optics``."""
+        return cls(
+            pixel_size=optics.pixel_size,
+            voltage=optics.voltage,
+            spherical_aberration=optics.spherical_aberration,
+            amplitude_contrast=optics.amplitude_contrast,
+            defocus_u=optics.defocus_u,
+            defocus_v=optics.defocus_v,
+            astigmatism_angle=optics.astigmatism_angle,
+            phase_shift=optics.phase_shift,
+            ctf_b_factor=optics.b_factor,
+        )
+
     def to_optics(self) -> Optics:
         """Return the plain ``Optics`` value object the core works with."""
         return Optics(

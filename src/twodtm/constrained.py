@@ -25,8 +25,6 @@ import pandas as pd
 import torch
 
 from twodtm.config import ConstrainedConfig
-from twodtm.devices import resolve_devices
-from twodtm.errors import OutputExistsError
 from twodtm.io.tables import write_csv_table, write_particles
 from twodtm.local import small_rotations, window_mask, window_radius
 from twodtm.orientations import angular_distance, euler_to_matrix, matrix_to_euler
@@ -38,9 +36,9 @@ from twodtm.refine import (
     Pose,
     Template,
     fit_particle,
+    load_micrograph_inputs,
     local_settings_from,
-    read_micrograph,
-    read_particle_table,
+    output_directory,
     read_template,
     start_pose,
 )
@@ -222,21 +220,11 @@ def run_constrained(
     ``candidates.csv`` (one candidate per A, detected or not) into the output
     directory.
     """
-    directory = Path(output or config.output.directory)
-    if (directory / "particles.star").exists() and not (
-        overwrite or config.output.overwrite
-    ):
-        raise OutputExistsError(
-            f"{directory}: holds a constrained-search result already; pass --overwrite "
-            "or choose another --output directory."
-        )
-    device = resolve_devices(config.compute.devices)[0]
-    optics = config.optics.to_optics()
-    micrograph = read_micrograph(
-        config.micrograph, optics, config.preprocessing, device
+    directory = output_directory(output, config.output, "particles.star", overwrite)
+    micrograph, partners = load_micrograph_inputs(config)
+    template = read_template(
+        config.template, config.preprocessing, micrograph.whitened.device
     )
-    template = read_template(config.template, config.preprocessing, device)
-    partners = read_particle_table(config.particles)
     relative = config.relative_pose
     placement = Placement.from_euler(relative.orientation, relative.offset)
     settings = local_settings_from(config.search, config.compute.batch_size)
@@ -251,7 +239,9 @@ def run_constrained(
     detected = (
         table[table["detected"]].drop(columns=["detected"]).reset_index(drop=True)
     )
-    write_particles(detected, directory, Path(config.micrograph).name, optics)
+    write_particles(
+        detected, directory, Path(config.micrograph).name, micrograph.optics
+    )
     write_csv_table(table.assign(threshold=threshold), directory / "candidates.csv")
     return table, threshold
 

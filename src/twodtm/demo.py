@@ -118,15 +118,7 @@ def match_config(
         {
             "micrograph": str(directory / "micrograph.mrc"),
             "template": str(directory / "template.mrc"),
-            "optics": OpticsConfig(
-                pixel_size=optics.pixel_size,
-                voltage=optics.voltage,
-                spherical_aberration=optics.spherical_aberration,
-                amplitude_contrast=optics.amplitude_contrast,
-                defocus_u=optics.defocus_u,
-                defocus_v=optics.defocus_v,
-                astigmatism_angle=optics.astigmatism_angle,
-            ).model_dump(),
+            "optics": OpticsConfig.from_optics(optics).model_dump(),
             "defocus_search": defocus,
             "orientation_search": {
                 "in_plane_step": search.in_plane_step,

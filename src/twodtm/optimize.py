@@ -25,8 +25,7 @@ import torch
 from matplotlib.figure import Figure
 
 from twodtm.config import OptimizeConfig, PixelSizeSweepConfig
-from twodtm.devices import resolve_devices
-from twodtm.errors import InputDataError, OutputExistsError
+from twodtm.errors import InputDataError
 from twodtm.io.atomic import atomic_path, write_text_atomic
 from twodtm.io.mrc import read_mrc
 from twodtm.io.tables import write_csv_table
@@ -34,10 +33,10 @@ from twodtm.refine import (
     LocalSettings,
     Micrograph,
     Template,
+    load_micrograph_inputs,
     local_settings_from,
     make_template,
-    read_micrograph,
-    read_particle_table,
+    output_directory,
     read_template,
     refine_particles,
 )
@@ -248,21 +247,9 @@ def run_optimize(
     Writes ``sweep.csv``, ``pixel_size_sweep.png`` and ``optimize.json`` (best and
     nominal pixel size) into the output directory.
     """
-    directory = Path(output or config.output.directory)
-    if (directory / "optimize.json").exists() and not (
-        overwrite or config.output.overwrite
-    ):
-        raise OutputExistsError(
-            f"{directory}: holds an optimize-template result already; pass --overwrite "
-            "or choose another --output directory."
-        )
-    device = resolve_devices(config.compute.devices)[0]
-    optics = config.optics.to_optics()
-    micrograph = read_micrograph(
-        config.micrograph, optics, config.preprocessing, device
-    )
-    particles = read_particle_table(config.particles)
-    source, nominal = _source(config, device)
+    directory = output_directory(output, config.output, "optimize.json", overwrite)
+    micrograph, particles = load_micrograph_inputs(config)
+    source, nominal = _source(config, micrograph.whitened.device)
     settings = local_settings_from(config.search, config.compute.batch_size)
     result = sweep_pixel_size(
         micrograph,

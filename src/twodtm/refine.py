@@ -19,7 +19,14 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twodtm.config import LocalSearch, Preprocessing, RefineConfig
+from twodtm.config import (
+    ConstrainedConfig,
+    LocalSearch,
+    OptimizeConfig,
+    OutputConfig,
+    Preprocessing,
+    RefineConfig,
+)
 from twodtm.ctf import Optics
 from twodtm.devices import resolve_devices
 from twodtm.errors import InputDataError, OutputExistsError
@@ -453,6 +460,36 @@ def read_particle_table(path: str) -> pd.DataFrame:
     return table.drop(columns=["micrograph"], errors="ignore")
 
 
+def output_directory(
+    output: str | Path | None, config_output: OutputConfig, marker: str, overwrite: bool
+) -> Path:
+    """Return the result directory, refusing one that already holds ``marker``.
+
+    Raises
+    ------
+    OutputExistsError
+        ``marker`` exists there and neither ``overwrite`` nor the config allows it.
+    """
+    directory = Path(output or config_output.directory)
+    if (directory / marker).exists() and not (overwrite or config_output.overwrite):
+        raise OutputExistsError(
+            f"{directory}: holds a result already ({marker}); pass --overwrite or "
+            "choose another --output directory."
+        )
+    return directory
+
+
+def load_micrograph_inputs(
+    config: RefineConfig | ConstrainedConfig | OptimizeConfig,
+) -> tuple[Micrograph, pd.DataFrame]:
+    """Read the micrograph (on the config's first device) and the particle table."""
+    device = resolve_devices(config.compute.devices)[0]
+    micrograph = read_micrograph(
+        config.micrograph, config.optics.to_optics(), config.preprocessing, device
+    )
+    return micrograph, read_particle_table(config.particles)
+
+
 def run_refine(
     config: RefineConfig, output: str | Path | None = None, overwrite: bool = False
 ) -> pd.DataFrame:
@@ -463,22 +500,12 @@ def run_refine(
     pandas.DataFrame
         The refined table (see ``refine_particles``).
     """
-    directory = Path(output or config.output.directory)
-    if (directory / "particles.star").exists() and not (
-        overwrite or config.output.overwrite
-    ):
-        raise OutputExistsError(
-            f"{directory}: holds refined particles already; pass --overwrite or choose "
-            "another --output directory."
-        )
-    device = resolve_devices(config.compute.devices)[0]
-    optics = config.optics.to_optics()
-    micrograph = read_micrograph(
-        config.micrograph, optics, config.preprocessing, device
+    directory = output_directory(output, config.output, "particles.star", overwrite)
+    micrograph, particles = load_micrograph_inputs(config)
+    template = read_template(
+        config.template, config.preprocessing, micrograph.whitened.device
     )
-    template = read_template(config.template, config.preprocessing, device)
-    particles = read_particle_table(config.particles)
     settings = local_settings_from(config.search, config.compute.batch_size)
     refined = refine_particles(micrograph, template, particles, settings)
-    write_particles(refined, directory, Path(config.micrograph).name, optics)
+    write_particles(refined, directory, Path(config.micrograph).name, micrograph.optics)
     return refined

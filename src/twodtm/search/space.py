@@ -90,15 +90,3 @@ class SearchSpace:
             "pixel_sizes": self.n_pixel_sizes,
             "correlations_per_pixel": self.size,
         }
-
-
-def inclusive_range(minimum: float, maximum: float, step: float) -> torch.Tensor:
-    """``minimum, minimum + step, ...`` up to ``maximum`` inclusive, float64.
-
-    A zero-width range (``minimum == maximum``) gives the single value.
-    """
-    if maximum <= minimum:
-        return torch.tensor([float(minimum)], dtype=torch.float64)
-    count = int(round((maximum - minimum) / step)) + 1
-    values = minimum + step * torch.arange(count, dtype=torch.float64)
-    return values[values <= maximum + 1e-9 * abs(step)]

@@ -13,7 +13,12 @@ from twodtm.errors import InputFileError
 from twodtm.io.atomic import atomic_path
 from twodtm.io.mrc import read_mrc, write_mrc
 
-DATA = Path("/work/shared/data")
+# The project's shared data sit beside the checkout (../shared/data); CI clones too.
+DATA = Path(
+    os.environ.get(
+        "TWODTM_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"
+    )
+)
 FEI_FILES = [
     # name, (rows, cols), pixel size in A, FEI extended-header bytes
     ("real_micrograph_epu2.9_falcon_0.667A.mrc", (4096, 4096), 0.66655, 909_312),

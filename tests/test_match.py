@@ -12,7 +12,8 @@ from twodtm.cli import app
 from twodtm.cli.config_cmd import example_text
 from twodtm.config import MatchConfig, dump_yaml, load_match_config, parse_config
 from twodtm.ctf import Optics, ctf_stack
-from twodtm.errors import ConfigError
+from twodtm.errors import ConfigError, InputFileError
+from twodtm.io import results as results_module
 from twodtm.io.mrc import write_mrc
 from twodtm.io.results import MAP_NAMES, MatchResult
 from twodtm.match import build_search_space, match_template
@@ -137,3 +138,21 @@ def test_invalid_fields_are_named(tmp_path, path, value, field):
     data[path[0]] = dict(data.get(path[0], {}), **{path[1]: value})
     with pytest.raises(ConfigError, match=field.replace(".", r"\.")):
         parse_config(MatchConfig, data, "test.yaml")
+
+
+def test_interrupted_save_never_loads_as_a_mixed_result(planted, tmp_path, monkeypatch):
+    _, config, _, _ = planted
+    result = match_template(config)
+    result.save(tmp_path)
+    calls = []
+
+    def failing_write(path, data, pixel_size):
+        calls.append(path)
+        if len(calls) == 3:
+            raise OSError("disk full")
+
+    monkeypatch.setattr(results_module, "write_mrc", failing_write)
+    with pytest.raises(OSError):
+        result.save(tmp_path)
+    with pytest.raises(InputFileError, match="no result.json"):
+        MatchResult.load(tmp_path)

@@ -55,9 +55,15 @@ class MatchResult:
         raise AttributeError(name)
 
     def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write every map and ``result.json`` into ``directory`` (atomically each)."""
+        """Write every map and ``result.json`` into ``directory`` (atomically each).
+
+        ``result.json`` marks a complete result: an old one is removed before the
+        maps are replaced and the new one is written last, so a crash part-way
+        never leaves a directory that loads as a mix of two results.
+        """
         out = Path(directory)
         out.mkdir(parents=True, exist_ok=True)
+        (out / "result.json").unlink(missing_ok=True)
         for name in MAP_NAMES:
             write_mrc(out / f"{name}.mrc", self.maps[name], self.pixel_size)
         meta = dict(self.metadata, pixel_size=self.pixel_size)

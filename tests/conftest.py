@@ -11,11 +11,18 @@ DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
 
 
 def blob_volume(
-    size: int = 32, n_blobs: int = 12, seed: int = 1, sigma: float = 1.8
+    size: int = 32,
+    n_blobs: int = 12,
+    seed: int = 1,
+    sigma: float = 1.8,
+    spread: float = 0.5,
 ) -> torch.Tensor:
-    """An asymmetric 'molecule' of Gaussian blobs centred in a cube (float32)."""
+    """An asymmetric 'molecule' of Gaussian blobs centred in a cube (float32).
+
+    Blob centres are uniform in a cube of edge ``spread * size`` about the centre.
+    """
     g = torch.Generator().manual_seed(seed)
-    centres = (torch.rand(n_blobs, 3, generator=g) - 0.5) * (size / 2)
+    centres = (torch.rand(n_blobs, 3, generator=g) - 0.5) * (size * spread)
     axis = torch.arange(size, dtype=torch.float32) - size // 2
     zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")
     volume = torch.zeros(size, size, size)

@@ -10,6 +10,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+from conftest import blob_volume
 from twodtm.cli import app
 from twodtm.config import ConfigError, OptimizeConfig, parse_config
 from twodtm.ctf import Optics
@@ -25,17 +26,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def detailed_volume(size: int = 48, n_blobs: int = 80, seed: int = 2) -> torch.Tensor:
-    """A large template of fine blobs: its magnification is well defined."""
-    g = torch.Generator().manual_seed(seed)
-    centres = (torch.rand(n_blobs, 3, generator=g) - 0.5) * (size * 0.6)
-    axis = torch.arange(size, dtype=torch.float32) - size // 2
-    zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")
-    volume = torch.zeros(size, size, size)
-    for c in centres:
-        volume += torch.exp(
-            -((xx - c[2]) ** 2 + (yy - c[1]) ** 2 + (zz - c[0]) ** 2) / 2
-        )
-    return volume * 0.02
+    """Many 1-px Gaussian blobs (fine detail, well-defined orientation and scale)."""
+    return blob_volume(size, n_blobs, seed, sigma=1.0, spread=0.6) * 0.02
 
 
 def test_parabola_vertex_is_exact_for_a_parabola():

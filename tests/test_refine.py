@@ -12,6 +12,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from conftest import blob_volume
 from twodtm.cli import app
 from twodtm.cli.config_cmd import example_text
 from twodtm.config import (
@@ -54,17 +55,8 @@ OPTICS = Optics(pixel_size=1.0, defocus_u=6000.0, defocus_v=6000.0)
 
 
 def sharp_volume(size: int = 32, n_blobs: int = 40, seed: int = 2) -> torch.Tensor:
-    """Many 1-px Gaussian blobs: fine detail, so orientations are well defined."""
-    g = torch.Generator().manual_seed(seed)
-    centres = (torch.rand(n_blobs, 3, generator=g) - 0.5) * (size * 0.6)
-    axis = torch.arange(size, dtype=torch.float32) - size // 2
-    zz, yy, xx = torch.meshgrid(axis, axis, axis, indexing="ij")
-    volume = torch.zeros(size, size, size)
-    for c in centres:
-        volume += torch.exp(
-            -((xx - c[2]) ** 2 + (yy - c[1]) ** 2 + (zz - c[0]) ** 2) / 2
-        )
-    return volume * 0.02
+    """Many 1-px Gaussian blobs (fine detail, well-defined orientation and scale)."""
+    return blob_volume(size, n_blobs, seed, sigma=1.0, spread=0.6) * 0.02
 
 
 def rotations_of(table: pd.DataFrame) -> torch.Tensor:

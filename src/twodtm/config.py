@@ -18,6 +18,7 @@ from pydantic import (
     field_validator,
     model_validator,
 )
+from typing_extensions import Self
 
 from twodtm.ctf import Optics
 from twodtm.errors import ConfigError
@@ -428,30 +429,35 @@ def _resolved(base: str | os.PathLike[str], value: str) -> str:
     return str(path if path.is_absolute() else Path(base) / path)
 
 
-class RefineConfig(_Strict):
-    """Configuration of ``twodtm refine``."""
+class _ParticleProgram(_Strict):
+    """Fields shared by the programs that work on a table of particles."""
 
     micrograph: str
     template: str
-    particles: str = Field(description="STAR or CSV table from `twodtm peaks`")
+    particles: str = Field(description="STAR or CSV table of particles")
     optics: OpticsConfig
-    search: LocalSearch = Field(default_factory=lambda: LocalSearch.model_validate({}))
     preprocessing: Preprocessing = Field(
         default_factory=lambda: Preprocessing.model_validate({})
     )
     compute: Compute = Field(default_factory=lambda: Compute.model_validate({}))
-    output: OutputConfig = Field(
-        default_factory=lambda: OutputConfig.model_validate(
-            {"directory": "twodtm-refined"}
-        )
-    )
 
-    def with_paths_relative_to(self, base: str | os.PathLike[str]) -> RefineConfig:
+    def with_paths_relative_to(self, base: str | os.PathLike[str]) -> Self:
         """Return a copy whose relative input paths are resolved against ``base``."""
         names = ("micrograph", "template", "particles")
         return self.model_copy(
             update={n: _resolved(base, getattr(self, n)) for n in names}
         )
+
+
+class RefineConfig(_ParticleProgram):
+    """Configuration of ``twodtm refine`` (particles: a table from ``twodtm peaks``)."""
+
+    search: LocalSearch = Field(default_factory=lambda: LocalSearch.model_validate({}))
+    output: OutputConfig = Field(
+        default_factory=lambda: OutputConfig.model_validate(
+            {"directory": "twodtm-refined"}
+        )
+    )
 
 
 class PixelSizeSweepConfig(_Strict):
@@ -556,33 +562,18 @@ class ConstrainedSearch(LocalSearch):
     )
 
 
-class ConstrainedConfig(_Strict):
-    """Configuration of ``twodtm constrained``."""
+class ConstrainedConfig(_ParticleProgram):
+    """Configuration of ``twodtm constrained`` (template: B's map; particles: A's)."""
 
-    micrograph: str
-    template: str = Field(description="map of particle B")
-    particles: str = Field(description="refined table of particles A")
-    optics: OpticsConfig
     relative_pose: RelativePose
     search: ConstrainedSearch = Field(
         default_factory=lambda: ConstrainedSearch.model_validate({})
     )
-    preprocessing: Preprocessing = Field(
-        default_factory=lambda: Preprocessing.model_validate({})
-    )
-    compute: Compute = Field(default_factory=lambda: Compute.model_validate({}))
     output: OutputConfig = Field(
         default_factory=lambda: OutputConfig.model_validate(
             {"directory": "twodtm-constrained"}
         )
     )
-
-    def with_paths_relative_to(self, base: str | os.PathLike[str]) -> ConstrainedConfig:
-        """Return a copy whose relative input paths are resolved against ``base``."""
-        names = ("micrograph", "template", "particles")
-        return self.model_copy(
-            update={n: _resolved(base, getattr(self, n)) for n in names}
-        )
 
 
 def load_program_config(model: type[ModelT], path: str | os.PathLike[str]) -> ModelT:

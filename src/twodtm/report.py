@@ -196,10 +196,24 @@ def label_top(
     """
     order = np.argsort(-particles["zscore"].to_numpy(), kind="stable")[:n_labels]
     style = _outlined(7.5 if len(particles) > 40 else 9.5)
+    x_max, y_max = max(ax.get_xlim()), max(ax.get_ylim())
     for row in order:
-        x = float(particles["x"].iloc[row]) + 0.8 * radius
-        y = float(particles["y"].iloc[row]) + 0.8 * radius
-        ax.text(x, y, f"{particles['zscore'].iloc[row]:.1f}", clip_on=True, **style)
+        cx, cy = float(particles["x"].iloc[row]), float(particles["y"].iloc[row])
+        # near the right or top edge the label goes on the inner side, not clipped
+        left = cx + 3 * radius > x_max
+        below = cy + 2 * radius > y_max
+        x = cx - 0.8 * radius if left else cx + 0.8 * radius
+        y = cy - 0.8 * radius if below else cy + 0.8 * radius
+        text = f"{particles['zscore'].iloc[row]:.1f}"
+        ax.text(
+            x,
+            y,
+            text,
+            clip_on=True,
+            horizontalalignment="right" if left else "left",
+            verticalalignment="top" if below else "bottom",
+            **style,
+        )
     return [int(r) for r in order]
 
 

@@ -34,7 +34,7 @@ and Leopard-EM itself with ``--no-deps`` works.
 Example::
 
     python benchmarks/vs_leopard.py --leopard-python /tmp/leopard-venv/bin/python \
-        --image-size 1024 --template-size 128 --orientations 96 --defocus 13 \
+        --image-size 1024 --template-size 128 --orientations 160 --defocus 13 \
         --repeats 2
 
 On a CPU-only torch, the ``torch.cuda`` stream and synchronisation calls made by
@@ -64,7 +64,7 @@ if TYPE_CHECKING:
 
 RESULT_MARKER = "LEOPARD_RESULT "
 DEFOCUS_STEP_ANGSTROM = 200.0
-CC_BUDGET_BYTES = 2 * 1024**3
+CC_BUDGET_BYTES = 128 * 1024**2
 OPTICS = {
     "label": "synthetic",
     "pixel_size": 1.06,
@@ -129,10 +129,12 @@ def auto_batch_size(
 ) -> int:
     """Choose Leopard-EM's orientation batch size.
 
-    Leopard-EM's manager defaults to 16.  The batched backend holds a float32
-    correlation stack of shape (D, batch, H, W), so the batch is halved until that
-    stack fits in ``CC_BUDGET_BYTES`` and the batch divides the orientation count
-    (a ragged final batch would trigger a recompilation inside the timed loop).
+    Leopard-EM's manager defaults to 16 (a GPU setting).  Its batched backend holds
+    a float32 correlation stack of shape (D, batch, H, W); on a 2-core CPU at
+    1024x1024, D=13, batches 1-4 ran about 3x faster than 16 (see
+    ``README_leopard.md``).  The batch is therefore halved from 16 until that stack
+    fits in ``CC_BUDGET_BYTES`` and the batch divides the orientation count (a
+    ragged final batch would trigger a recompilation inside the timed loop).
 
     Parameters
     ----------
@@ -613,6 +615,11 @@ def run_driver(args: argparse.Namespace) -> dict[str, Any]:
     dict[str, Any]
         Output of :func:`summarise`.
     """
+    if not Path(args.leopard_python).exists():
+        raise SystemExit(
+            f"no Leopard-EM interpreter at {args.leopard_python}: build it as in the "
+            "module docstring of benchmarks/vs_leopard.py"
+        )
     time_engine, note = load_time_engine()
     if note is not None:
         print(

@@ -103,15 +103,6 @@ def build_search_space(config: MatchConfig) -> SearchSpace:
     )
 
 
-def auto_batch_size(device: torch.device, image_shape: tuple[int, int]) -> int:
-    """Orientations per engine call: bounded by free memory on CUDA, 4 on CPU."""
-    if device.type != "cuda":
-        return 4
-    free, _ = torch.cuda.mem_get_info(device)
-    per_orientation = image_shape[0] * (image_shape[1] // 2 + 1) * 8 * 3
-    return int(max(1, min(64, 0.25 * free // per_orientation)))
-
-
 def _chunk_size(config: MatchConfig, n_orientations: int, batch: int) -> int:
     if config.compute.chunk_size != "auto":
         return int(config.compute.chunk_size)

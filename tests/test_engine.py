@@ -11,7 +11,17 @@ from torch_fourier_slice import project_3d_to_2d
 from twodtm.ctf import Optics, ctf_stack
 from twodtm.orientations import euler_to_matrix, orientation_grid
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
-from twodtm.search.engine import build_search_inputs, padded_dft, project
+from twodtm.search.engine import (
+    build_search_inputs,
+    correlate,
+    filter_norms,
+    full_grid,
+    lag_kernels,
+    padded_dft,
+    pair_filters,
+    project,
+    projection_norms,
+)
 from twodtm.search.executors import SearchTask, run_chunk
 from twodtm.search.space import SearchSpace
 
@@ -72,13 +82,17 @@ def reference_search(volume, image, space, settings):
     return np.stack(maps)
 
 
-def engine_search(volume, image, space, settings, chunks, batch_size, device):
+def engine_search(
+    volume, image, space, settings, chunks, batch_size, device, paired=False
+):
     prepared = prepare_image(
         image.to(device), OPTICS.pixel_size, settings, pad_to_fft_friendly=False
     )
     inputs = build_search_inputs(
         prepare_template(volume.to(device)), volume.shape[0], prepared, OPTICS, space
     )
+    if paired:
+        inputs = pair_filters(inputs)
     task = SearchTask(inputs, space.euler_angles, prepared.shape, batch_size)
     parts = [run_chunk(task, c).to("cpu") for c in chunks]
     total = parts[0]
@@ -87,15 +101,20 @@ def engine_search(volume, image, space, settings, chunks, batch_size, device):
     return total
 
 
-@pytest.mark.parametrize("pixel_sizes", [(1.0,), (0.98, 1.0)])
-def test_engine_agrees_with_reference(blob, device, pixel_sizes):
+@pytest.mark.parametrize(
+    ("pixel_sizes", "paired"), [((1.0,), False), ((0.98, 1.0), False), ((1.0,), True)]
+)
+def test_engine_agrees_with_reference(blob, device, pixel_sizes, paired):
     volume = masked_blob(blob)
     image = noisy_image((96, 80))
     space = small_space(pixel_sizes=pixel_sizes)
     settings = FilterSettings(bandpass_high_resolution=3.0)
     reference = reference_search(volume, image, space, settings)
     # batch of 3 over 20 orientations: the last batch is partial, with 3 defocus planes
-    stats = engine_search(volume, image, space, settings, space.chunks(20), 3, device)
+    # (paired: defocus 0 and 1 share one complex transform, 2 has a real one)
+    stats = engine_search(
+        volume, image, space, settings, space.chunks(20), 3, device, paired
+    )
     mip_ref = reference.max(0)
     np.testing.assert_allclose(
         stats.mip.numpy(), mip_ref, rtol=1e-4, atol=1e-4 * np.abs(mip_ref).max()
@@ -166,3 +185,64 @@ def test_engine_leaves_inputs_unchanged(blob):
     assert torch.equal(template_dft, dft_before)
     assert torch.equal(space.euler_angles, angles_before)
     assert torch.equal(volume, blob)
+
+
+@pytest.mark.parametrize("shape", [(64, 80), (63, 81), (50, 49)])
+def test_full_grid_is_the_complex_dft(shape):
+    real = noisy_image(shape, seed=5)
+    torch.testing.assert_close(
+        full_grid(torch.fft.rfft2(real), shape[1]),
+        torch.fft.fft2(real.to(torch.complex64)),
+        rtol=1e-4,
+        atol=1e-3,
+    )
+
+
+@pytest.mark.parametrize("n_defocus", [1, 2, 4, 5])
+def test_paired_correlations_equal_real_ones(blob, n_defocus):
+    """One complex transform per defocus pair gives each map of its own irfft2."""
+    image = prepare_image(noisy_image((60, 70), seed=2), 1.0, FilterSettings(), False)
+    space = SearchSpace(
+        euler_angles=torch.zeros((1, 3), dtype=torch.float64),
+        defocus_offsets=300.0 * torch.arange(n_defocus, dtype=torch.float64),
+        pixel_sizes=torch.ones(1, dtype=torch.float64),
+    )
+    inputs = build_search_inputs(prepare_template(blob), 32, image, OPTICS, space)
+    paired = pair_filters(inputs)
+    assert paired.n_pairs == n_defocus // 2 and paired.n_defocus == n_defocus
+    rotation = euler_to_matrix(torch.tensor([[30.0, 60.0, 10.0]], dtype=torch.float64))
+    dft = padded_dft(project(inputs, rotation, 1.0), (60, 70))
+    norms = filter_norms(inputs, dft, 0)[0]
+    expected = torch.stack(
+        [
+            torch.fft.irfft2(f * dft[0].conj(), s=(60, 70)) / n
+            for f, n in zip(inputs.filtered_image[0], norms, strict=True)
+        ]
+    )
+    for layout in (inputs, paired):
+        got = correlate(layout, dft[0], norms, 0)
+        torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize(("shape", "size"), [((70, 80), 32), ((49, 64), 25)])
+def test_norms_from_lag_kernels_equal_norms_from_the_image_grid(shape, size):
+    """Autocorrelation x lag kernel norms against the full-grid Parseval sums."""
+    g = torch.Generator().manual_seed(11)
+    volume = masked_blob(torch.randn((size,) * 3, generator=g))
+    image = prepare_image(noisy_image(shape, seed=4), 1.0, FilterSettings(), False)
+    inputs = build_search_inputs(
+        prepare_template(volume), size, image, OPTICS, small_space()
+    )
+    assert inputs.norm_kernels is not None
+    rotations = euler_to_matrix(small_space().euler_angles[:4])
+    boxes = project(inputs, rotations, 1.0)
+    dfts = padded_dft(boxes, shape)
+    expected = filter_norms(inputs, dfts, 0)
+    got = torch.stack([projection_norms(inputs, box, 0) for box in boxes])
+    torch.testing.assert_close(got, expected, rtol=2e-4, atol=0.0)
+
+
+def test_lag_kernels_need_room_for_every_lag():
+    filters = torch.ones((2, 40, 21))
+    assert lag_kernels(filters, (40, 40), 21) is None  # lags up to 20 wrap
+    assert lag_kernels(filters, (40, 40), 20) is not None

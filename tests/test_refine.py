@@ -4,6 +4,7 @@ box correlations against the full-image engine, and plant-and-recover of poses."
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -27,17 +28,22 @@ from twodtm.ctf import Optics, frequency_grid
 from twodtm.io.tables import read_particles, write_csv_table
 from twodtm.local import (
     LocalGrid,
+    default_box_size,
     local_orientations,
     resample_filter,
     small_rotations,
-    subpixel_peak,
+    subpixel_peaks,
+    window_mask,
+    window_radius,
 )
 from twodtm.orientations import angular_distance, euler_to_matrix
-from twodtm.preprocess import FilterSettings, prepare_image
+from twodtm.preprocess import FilterSettings, PreparedImage, prepare_image
 from twodtm.refine import (
     LocalSettings,
+    Micrograph,
     Pose,
-    fit_particle,
+    Template,
+    fit_particles,
     make_template,
     prepare_micrograph,
     refine_particles,
@@ -47,8 +53,10 @@ from twodtm.search.engine import (
     correlate,
     filter_norms,
     projection_dfts,
+    search_orientations,
 )
 from twodtm.search.space import SearchSpace
+from twodtm.search.statistics import SearchStatistics
 from twodtm.simulate import SimulationParams, simulate_micrograph, write_simulation
 
 OPTICS = Optics(pixel_size=1.0, defocus_u=6000.0, defocus_v=6000.0)
@@ -114,9 +122,12 @@ def test_resample_filter_matches_the_radial_function():
 def test_subpixel_peak_finds_a_parabola_vertex():
     y, x = torch.meshgrid(torch.arange(9.0), torch.arange(9.0), indexing="ij")
     surface = 10 - (y - 4.3) ** 2 - 2 * (x - 3.8) ** 2
-    d_row, d_col = subpixel_peak(surface, 4, 4)
-    assert d_row == pytest.approx(0.3, abs=1e-5)
-    assert d_col == pytest.approx(-0.2, abs=1e-5)
+    maps = torch.stack([surface, surface.flip(0, 1)])
+    offsets = subpixel_peaks(maps, torch.tensor([4, 4]), torch.tensor([4, 4]))
+    assert offsets[0].tolist() == pytest.approx([0.3, -0.2], abs=1e-5)
+    assert offsets[1].tolist() == pytest.approx([-0.3, 0.2], abs=1e-5)
+    edges = subpixel_peaks(maps, torch.tensor([0, 4]), torch.tensor([4, 8]))
+    assert edges[0, 0] == 0.0 and edges[1, 1] == 0.0  # no neighbour beyond an edge
 
 
 def test_box_correlation_equals_full_image_correlation(simulated):
@@ -138,8 +149,11 @@ def test_box_correlation_equals_full_image_correlation(simulated):
     # Box: the same pose, integer position, no search.
     micrograph = prepare_micrograph(image, OPTICS, FilterSettings(), pad=False)
     start = Pose(float(ix), float(iy), tuple(angles[0].tolist()), row.defocus, 1.0)
-    fit = fit_particle(
-        micrograph, template, start, LocalSettings(LocalGrid(0, 1, 0, 1), max_shift=0.0)
+    [fit] = fit_particles(
+        micrograph,
+        template,
+        [start],
+        LocalSettings(LocalGrid(0, 1, 0, 1), max_shift=0.0),
     )
     assert fit.correlation == pytest.approx(float(full[iy, ix]), rel=0.03)
     assert float(full[iy, ix]) > 10  # a real peak, not noise
@@ -260,3 +274,138 @@ def test_example_configs_validate(program, model):
     assert config.optics.pixel_size == 1.0
     with pytest.raises(ConfigError, match="unknown key"):
         parse_config(model, {**config.model_dump(mode="json"), "typo": 1}, program)
+
+
+def _vertex(left: float, centre: float, right: float) -> float:
+    curvature = left - 2.0 * centre + right
+    return (
+        0.0 if curvature >= 0 else max(-0.5, min(0.5, 0.5 * (left - right) / curvature))
+    )
+
+
+def reference_pass(
+    micrograph: Micrograph, template: Template, start: Pose, settings: LocalSettings
+) -> tuple[Pose, float]:
+    """One particle alone through the global engine: the path batching replaced."""
+    deepest = abs(start.defocus) + max(abs(d) for d in settings.defocus_offsets)
+    size = settings.box_size or default_box_size(
+        template.size, micrograph.optics, deepest
+    )
+    r = window_radius(settings.max_shift)
+    w = 2 * r + 1
+    cy, cx = round(start.y), round(start.x)
+    padded = torch.nn.functional.pad(micrograph.whitened, (size,) * 4)
+    top, left = cy + size - size // 2, cx + size - size // 2
+    box = padded[top : top + size, left : left + size].roll(
+        (r - size // 2,) * 2, (0, 1)
+    )
+    fy, fx = start.y - cy, start.x - cx  # moved onto the pixel grid by a phase ramp
+    ky = torch.fft.fftfreq(size, dtype=torch.float64)[:, None]
+    kx = torch.fft.rfftfreq(size, dtype=torch.float64)[None, :]
+    ramp = torch.exp(2j * torch.pi * (ky * fy + kx * fx))
+    image = PreparedImage(
+        whitened_dft=(torch.fft.rfft2(box) * ramp).to(torch.complex64),
+        template_filter=micrograph.box_filter(size),
+        padded_shape=(size, size),
+        shape=(size, size),
+    )
+    optics = replace(
+        micrograph.optics, defocus_u=start.defocus, defocus_v=start.defocus
+    )
+    space = SearchSpace(
+        local_orientations(
+            torch.tensor(start.angles, dtype=torch.float64), settings.grid
+        ),
+        torch.tensor(settings.defocus_offsets, dtype=torch.float64),
+        start.pixel_size
+        + torch.tensor(settings.pixel_size_offsets, dtype=torch.float64),
+    )
+    inputs = build_search_inputs(
+        template.dft, template.size, image, optics, space, template.pixel_size
+    )
+    stats = SearchStatistics.empty((w, w))
+    rotations = euler_to_matrix(space.euler_angles)
+    search_orientations(inputs, rotations, 0, stats, crop=(w, w))
+    masked = torch.where(window_mask(w, settings.max_shift), stats.mip, -torch.inf)
+    row, column = divmod(int(torch.argmax(masked)), w)
+    o, p, d = (int(v) for v in space.decode(stats.best_index[row, column]))
+    dft = projection_dfts(inputs, rotations[o : o + 1], p)
+    peak = correlate(inputs, dft[0], filter_norms(inputs, dft, p)[0], p)[d]
+    d_row = _vertex(*(float(peak[row + k, column]) for k in (-1, 0, 1)))
+    d_column = _vertex(*(float(peak[row, column + k]) for k in (-1, 0, 1)))
+    phi, theta, psi = space.euler_angles[o].tolist()
+    pose = Pose(
+        x=start.x - r + column + d_column,
+        y=start.y - r + row + d_row,
+        angles=(phi, theta, psi),
+        defocus=start.defocus + settings.defocus_offsets[d],
+        pixel_size=float(space.pixel_sizes[p]),
+    )
+    return pose, float(stats.mip[row, column])
+
+
+def reference_fit(
+    micrograph: Micrograph, template: Template, start: Pose, settings: LocalSettings
+) -> tuple[Pose, float]:
+    pose, correlation = reference_pass(micrograph, template, start, settings)
+    for _ in range(settings.iterations - 1):
+        settings = settings.halved()
+        pose, correlation = reference_pass(micrograph, template, pose, settings)
+    return pose, correlation
+
+
+def assert_same_fit(pose: Pose, correlation: float, expected: tuple[Pose, float]):
+    assert (pose.x, pose.y) == pytest.approx((expected[0].x, expected[0].y), abs=2e-3)
+    assert pose.angles == pytest.approx(expected[0].angles, abs=1e-6)
+    assert pose.defocus == pytest.approx(expected[0].defocus, abs=1e-6)
+    assert pose.pixel_size == pytest.approx(expected[0].pixel_size, abs=1e-12)
+    assert correlation == pytest.approx(expected[1], rel=1e-4)
+
+
+@pytest.mark.parametrize("box_size", [None, 100])
+def test_batched_fits_equal_each_particle_alone(simulated, box_size):
+    """Particles at different defocus (boxes of 90, 100 and 112 px unless fixed),
+    two pixel sizes, two passes: batched as 3 or 1, each equals the reference."""
+    volume, sim = simulated
+    micrograph = prepare_micrograph(
+        torch.from_numpy(sim.micrograph), OPTICS, FilterSettings()
+    )
+    whitened = micrograph.whitened.clone()
+    template = make_template(volume, 1.0)
+    rng = np.random.default_rng(11)
+    starts = [
+        Pose(
+            x=float(round(row.x + rng.uniform(-1, 1))) + 0.3,
+            y=float(round(row.y + rng.uniform(-1, 1))) - 0.2,
+            angles=tuple((np.array([row.phi, row.theta, row.psi]) + 2.0).tolist()),
+            defocus=defocus,
+            pixel_size=1.0,
+        )
+        for row, defocus in zip(
+            sim.truth.itertuples(), (5000.0, 6000.0, 5000.0, 7000.0), strict=True
+        )
+    ]
+    settings = LocalSettings(
+        grid=LocalGrid(4.0, 2.0, 2.0, 2.0),
+        defocus_offsets=(-200.0, 0.0, 200.0),
+        pixel_size_offsets=(0.0, 0.02),
+        max_shift=2.0,
+        box_size=box_size,
+        iterations=2,
+    )
+    by_three = fit_particles(
+        micrograph, template, starts, replace(settings, particle_batch_size=3)
+    )
+    alone = fit_particles(
+        micrograph,
+        template,
+        starts,
+        replace(settings, particle_batch_size=1, batch_size=4),  # 4 per chunk too
+    )
+    assert torch.equal(micrograph.whitened, whitened)  # input untouched
+    for start, fit, single in zip(starts, by_three, alone, strict=True):
+        expected = reference_fit(micrograph, template, start, settings)
+        assert_same_fit(fit.pose, fit.correlation, expected)
+        assert_same_fit(single.pose, single.correlation, expected)
+        assert fit.correlation > 8  # at the particle, not noise (z ~ 1 there)
+    assert by_three[0].n_trials == 13 * 3 * 3 * 2  # last pass: 13 tilts, 3 turns

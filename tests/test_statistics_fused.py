@@ -2,7 +2,7 @@
 
 import torch
 
-from twodtm.search.statistics import QUANTUM_SCALE, SearchStatistics
+from twodtm.search.statistics import QUANTUM_SCALE, PairedStatistics, SearchStatistics
 
 
 def _maps_with_ties(shape=(3, 20, 24)):
@@ -53,3 +53,46 @@ def test_copies_do_not_follow_later_in_place_updates():
     stats.update(_maps_with_ties() + 10.0, 3)
     assert float(copy.mip.max()) < float(stats.mip.max())
     assert copy.count == 3
+
+
+def _paired_layout(maps: torch.Tensor) -> torch.Tensor:
+    """``(2n, H, W)`` real maps as ``view_as_real`` of n complex maps (cropped view)."""
+    n2, h, w = maps.shape
+    big = torch.zeros(n2 // 2, h + 3, w + 5, dtype=torch.complex64)
+    big[:, :h, :w] = torch.complex(maps[0::2], maps[1::2])
+    return torch.view_as_real(big)[:, :h, :w]
+
+
+def test_paired_statistics_equal_plain_ones_including_ties():
+    """Pairs (and an odd extra map) folded part by part give the plain statistics."""
+    g = torch.Generator().manual_seed(7)
+    maps = torch.randn((5, 20, 24), generator=g) * 3.0
+    divisors = torch.tensor([0.5, 1.0, 2.0, 0.5, 0.25])
+    maps[3, :4] = maps[0, :4]  # ties across parts: index 0 must win over 3
+    maps[4, 6:9] = maps[1, 6:9] / 4.0  # the extra map ties map 1: index 1 wins
+    maps[:, 12, :] = 0.75 * divisors[:, None]  # all equal: index 0
+    plain = SearchStatistics.empty((20, 24))
+    results = []
+    for fused in (False, True):
+        paired = PairedStatistics.empty((20, 24))
+        folded = SearchStatistics.empty((20, 24))
+        for first in (10, 0, 5):
+            paired.update(
+                _paired_layout(maps[:4]),
+                divisors[:4].reshape(2, 2),
+                first,
+                (maps[4], divisors[4]),
+                fused=fused,
+            )
+            if not fused:
+                plain.update(maps, first, divisors)
+        paired.fold_into(folded)
+        results.append(folded)
+    for folded in results:
+        assert folded.count == plain.count == 15
+        for name in ("mip", "best_index", "sum", "sum_sq"):
+            assert torch.equal(getattr(folded, name), getattr(plain, name)), name
+    assert torch.equal(plain.best_index[12], torch.zeros(24, dtype=torch.int64))
+    scaled = maps / divisors[:, None, None]
+    tied = scaled[1, 6:9] == scaled[:, 6:9].max(0).values  # maps 1 and 4 both best
+    assert tied.any() and bool((plain.best_index[6:9][tied] == 1).all())

@@ -1,6 +1,6 @@
 """``python -m twodtm``: the command line."""
 
-from twodtm.cli import main
+from twodtm.launch import main
 
 if __name__ == "__main__":
     main()

@@ -20,25 +20,33 @@ from typing import Any
 import torch
 
 from twodtm.ctf import Optics
+from twodtm.hostmemory import retain_freed_memory
 from twodtm.orientations import euler_to_matrix
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
 from twodtm.search.engine import (
     Precision,
     SearchInputs,
+    Workspace,
     auto_batch_size,
     build_search_inputs,
     check_precision,
+    conjugate_template,
     default_filters_per_transform,
-    filter_norms,
+    default_paired,
     filtered_products,
+    fold_orientation,
     inverse_transforms,
+    orientation_norms,
     padded_dft,
+    pair_filters,
+    pair_product,
+    pair_transform,
     project,
     search_orientations,
     workspace,
 )
 from twodtm.search.space import SearchSpace
-from twodtm.search.statistics import SearchStatistics
+from twodtm.search.statistics import PairedStatistics, SearchStatistics
 
 DEFOCUS_STEP = 200.0  # Angstrom between defocus filters
 PIXEL_SIZE = 1.0  # Angstrom
@@ -130,6 +138,31 @@ def run_search(
     return stats
 
 
+def _multiply_all(
+    inputs: SearchInputs, dft: torch.Tensor, norms: torch.Tensor, space: Workspace
+) -> None:
+    """Form every product of one orientation, as ``transform_orientation`` does."""
+    if inputs.n_pairs:
+        conjugate_template(dft, space, inputs.image_shape[1])
+        for j in range(inputs.n_pairs):
+            pair_product(inputs, 0, j, space)
+    group, offset = int(space.product.shape[0]), 2 * inputs.n_pairs
+    conj = dft.conj().resolve_conj()
+    for start in range(0, int(inputs.filtered_image.shape[1]), max(group, 1)):
+        chunk = norms[offset + start : offset + start + group]
+        filtered_products(inputs, conj, chunk, 0, space, start, True)
+
+
+def _invert_all(inputs: SearchInputs, space: Workspace) -> None:
+    """Every inverse transform of one orientation (products already formed)."""
+    for j in range(inputs.n_pairs):
+        pair_transform(space, j)
+    group = int(space.product.shape[0])
+    singles = int(inputs.filtered_image.shape[1])
+    for start in range(0, singles, max(group, 1)):
+        inverse_transforms(inputs, space, min(group, singles - start), start)
+
+
 def stage_times(
     inputs: SearchInputs,
     rotations: torch.Tensor,
@@ -138,39 +171,36 @@ def stage_times(
 ) -> dict[str, float]:
     """Seconds per correlation of each engine stage, timed one at a time.
 
-    Projection stages are timed on the whole ``(B, 3, 3)`` batch and divided by
-    ``B * D``; the per-orientation stages on the first orientation, divided by D.
+    Slice extraction is timed on the whole ``(B, 3, 3)`` batch and divided by
+    ``B * D``; the other stages on the first orientation, as the engine's loop
+    runs them, divided by D.
     """
     dev = inputs.device
-    n_batch, n_defocus = int(rotations.shape[0]), int(inputs.filtered_image.shape[1])
+    n_batch, n_defocus = int(rotations.shape[0]), inputs.n_defocus
     scale = inputs.pixel_scales[0]
     stats = SearchStatistics.empty(crop, dev)
     space = workspace(inputs)
     with torch.inference_mode():
         projections = project(inputs, rotations, scale)
-        dfts = padded_dft(projections, inputs.image_shape)
-        norms = filter_norms(inputs, dfts, 0)
-        group = int(space.product.shape[0])
-        inverse_transforms(inputs, space)
-        maps = space.maps[:, : crop[0], : crop[1]]
-        divisors = None if inputs.precision == "fp16" else norms[0]
+        shape = inputs.image_shape
+        dft = padded_dft(projections[:1], shape, space.spectrum, space.dft)
+        norms = orientation_norms(inputs, projections[0], dft, 0)
+        _multiply_all(inputs, dft[0], norms, space)
+        _invert_all(inputs, space)
+        target = PairedStatistics.empty(crop, dev) if inputs.n_pairs else stats
         work: dict[str, Callable[[], object]] = {
             "slice_extraction": lambda: project(inputs, rotations, scale),
-            "forward_fft": lambda: padded_dft(projections, inputs.image_shape),
-            "norms": lambda: filter_norms(inputs, dfts, 0),
-            "multiply": lambda: filtered_products(
-                inputs, dfts[0], norms[0, :group], 0, space
+            "forward_fft": lambda: padded_dft(
+                projections[:1], shape, space.spectrum, space.dft
             ),
-            "inverse_fft": lambda: inverse_transforms(inputs, space),
-            "reduction": lambda: stats.update(maps, 0, divisors, fused=inputs.fused),
+            "norms": lambda: orientation_norms(inputs, projections[0], dft, 0),
+            "multiply": lambda: _multiply_all(inputs, dft[0], norms, space),
+            "inverse_fft": lambda: _invert_all(inputs, space),
+            "reduction": lambda: fold_orientation(inputs, space, norms, 0, target),
         }
-        per_batch = ("slice_extraction", "forward_fft", "norms")
         return {
             name: best_time(fn, dev, repeats)
-            / {
-                "reduction": n_defocus,
-                **dict.fromkeys(per_batch, n_defocus * n_batch),
-            }.get(name, group)
+            / (n_defocus * (n_batch if name == "slice_extraction" else 1))
             for name, fn in work.items()
         }
 
@@ -204,6 +234,22 @@ def fft_floor(
     return n_maps / min(batched, single)
 
 
+def paired_fft_floor(
+    image_shape: tuple[int, int], device: torch.device, repeats: int = 3
+) -> float:
+    """Real maps per second from complex inverse FFTs that each yield two maps.
+
+    ``ifft2(A + iB) = a + ib`` for real a, b (``engine.pair_filters``): the floor
+    of an engine that pairs its maps, timed the same way as ``fft_floor``.
+    """
+    spectrum = torch.randn(image_shape, dtype=torch.complex64, device=device)
+    out = torch.empty_like(spectrum)
+    with torch.inference_mode():
+        torch.fft.ifft2(spectrum, out=out)
+        seconds = best_time(lambda: torch.fft.ifft2(spectrum, out=out), device, repeats)
+    return 2.0 / seconds
+
+
 def _peak_memory(device: torch.device) -> tuple[int, str]:
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device)), "cuda max_memory_allocated"
@@ -226,11 +272,15 @@ class EngineOptions:
         the warm-up (``warmup_seconds``), not in the timed search.
     precision : {"fp32", "fp16"}
         Inverse-FFT precision (fp16 needs CUDA and power-of-two sizes).
+    paired : bool or None
+        Two defocus maps per complex inverse FFT (None: the device's default,
+        ``engine.default_paired``; never in fp16).
     """
 
     batch_size: int | None = None
     fused: bool = True
     precision: Precision = "fp32"
+    paired: bool | None = None
 
 
 def time_engine(
@@ -271,6 +321,7 @@ def time_engine(
     """
     opts = options or EngineOptions()
     dev = torch.device(device)
+    retain_freed_memory()
     inputs = synthetic_inputs(
         image_shape, template_size, n_defocus, n_pixel_sizes, dev, seed
     )
@@ -281,6 +332,9 @@ def time_engine(
         precision=opts.precision,
         filters_per_transform=default_filters_per_transform(dev),
     )
+    paired = default_paired(dev) if opts.paired is None else opts.paired
+    if paired and opts.precision == "fp32":
+        inputs = pair_filters(inputs)
     n_filters = n_defocus * n_pixel_sizes
     batch = opts.batch_size or auto_batch_size(dev, inputs.image_shape, n_filters)
     rotations = random_rotations(n_orientations, seed)
@@ -295,10 +349,14 @@ def time_engine(
     rate = n_orientations * n_filters / seconds
     stages = stage_times(inputs, rotations[:batch], crop)
     floor = fft_floor(inputs.image_shape, n_defocus, dev)
+    paired_floor = paired_fft_floor(inputs.image_shape, dev)
     return {
         "correlations_per_second": rate,
         "fft_floor_per_second": floor,
         "floor_ratio": floor / rate,
+        "paired_fft_floor_per_second": paired_floor,
+        "transform_floor_ratio": max(floor, paired_floor) / rate,
+        "paired_transforms": inputs.n_pairs > 0,
         "seconds": seconds,
         "warmup_seconds": warmup,
         "correlations": n_orientations * n_filters,
@@ -334,8 +392,12 @@ def format_report(record: dict[str, Any]) -> str:
         f"cross-correlations per second: {record['correlations_per_second']:.2f} "
         f"({record['correlations']} in {record['seconds']:.2f} s; "
         f"warm-up {record['warmup_seconds']:.1f} s)",
-        f"FFT-only floor: {record['fft_floor_per_second']:.2f} inverse FFTs/s; "
+        f"FFT-only floor: {record['fft_floor_per_second']:.2f} inverse real FFTs/s; "
         f"engine is {record['floor_ratio']:.2f}x slower than the floor",
+        f"paired floor: {record['paired_fft_floor_per_second']:.2f} maps/s from "
+        "complex inverse FFTs of two maps each; engine is "
+        f"{record['transform_floor_ratio']:.2f}x slower than the faster floor "
+        f"({'paired' if record['paired_transforms'] else 'real'} transforms used)",
         "time per correlation by stage (ms): "
         + ", ".join(f"{name} {stages[name]:.2f}" for name in STAGES)
         + f"; sum {sum(stages.values()):.2f}",

@@ -236,6 +236,9 @@ class Compute(_Strict):
     precision: Literal["fp32", "fp16"] = "fp32"
     # Compiled one-pass statistics (same bits); auto: on CUDA and for long CPU runs.
     fused_statistics: bool | Literal["auto"] = "auto"
+    # Two defocus maps per complex inverse FFT; auto: on the CPU (1.5-2x faster
+    # there), not on CUDA; never with fp16. Changes the last bits of the maps.
+    paired_transforms: bool | Literal["auto"] = "auto"
 
     @field_validator("batch_size", "chunk_size")
     @classmethod
@@ -243,6 +246,15 @@ class Compute(_Strict):
         if isinstance(value, int) and value < 1:
             raise ValueError(f"must be >= 1 or 'auto', got {value}")
         return value
+
+    @model_validator(mode="after")
+    def _pairs_are_fp32(self) -> Compute:
+        if self.paired_transforms is True and self.precision != "fp32":
+            raise ValueError(
+                "paired_transforms: true needs precision fp32 (fp16 transforms are "
+                "real); set paired_transforms to auto or false"
+            )
+        return self
 
 
 class OutputConfig(_Strict):
@@ -421,6 +433,12 @@ class LocalSearch(_Strict):
     )
     iterations: int = Field(
         2, ge=1, le=6, description="passes; each halves the ranges and steps"
+    )
+    particle_batch_size: int = Field(
+        32,
+        ge=1,
+        le=4096,
+        description="most particles searched together on the device (one box size)",
     )
 
 

@@ -7,7 +7,8 @@ convention (a map point ``r`` appears at image offset ``(R^T r)_xy``)::
 
     R_B = M^T R_A        position_B = position_A + (R_A^T o)_xy / pixel_size
 
-B is then searched locally around that prediction (``refine.fit_particle``) within
+B is then searched locally around that prediction (``refine.fit_particles``, all
+predictions batched on the device) within
 the given tolerances of position, orientation and defocus. Because this space is
 tiny next to a global search, the false-positive threshold, recomputed for the
 number of trials actually made, is much lower: B is found at z-scores a full
@@ -35,7 +36,7 @@ from twodtm.refine import (
     Micrograph,
     Pose,
     Template,
-    fit_particle,
+    fit_particles,
     load_micrograph_inputs,
     local_settings_from,
     output_directory,
@@ -121,9 +122,7 @@ def constrained_trials(n_particles: int, settings: LocalSettings) -> int:
     return n_particles * window_pixels(settings.max_shift) * poses
 
 
-def _candidate(
-    index: int, a: Pose, fit: LocalFit, predicted: Pose, max_shift: float
-) -> dict:
+def _candidate(index: int, a: Pose, fit: LocalFit, predicted: Pose) -> dict:
     pose = fit.pose
     before = euler_to_matrix(torch.tensor(predicted.angles, dtype=torch.float64))
     after = euler_to_matrix(torch.tensor(pose.angles, dtype=torch.float64))
@@ -179,12 +178,16 @@ def constrained_search(
         mip, zscore, partner_index, predicted_x/y, delta_angle from the
         prediction, partner_x/y, detected) and the z-score threshold.
     """
-    rows = []
-    for index, (_, row) in enumerate(partners.iterrows()):
-        a = start_pose(row, micrograph.optics)
-        predicted = predict_partner(a, placement, micrograph.optics.pixel_size)
-        fit = fit_particle(micrograph, template, predicted, settings)
-        rows.append(_candidate(index, a, fit, predicted, settings.max_shift))
+    pixel_size = micrograph.optics.pixel_size
+    a_poses = [start_pose(row, micrograph.optics) for _, row in partners.iterrows()]
+    predictions = [predict_partner(a, placement, pixel_size) for a in a_poses]
+    fits = fit_particles(micrograph, template, predictions, settings)
+    rows = [
+        _candidate(index, a, fit, predicted)
+        for index, (a, fit, predicted) in enumerate(
+            zip(a_poses, fits, predictions, strict=True)
+        )
+    ]
     n_trials = constrained_trials(len(rows), settings)
     threshold = threshold_for_false_positives(n_trials, false_positives)
     table = pd.DataFrame(rows, columns=_COLUMNS)

@@ -1,11 +1,11 @@
 """Local-search machinery shared by refine, optimize and the constrained search.
 
-A local search looks at one particle in a small box cut from the micrograph, over
-small rotations composed with a starting pose, a few defocus values and pixel
-sizes. The correlations come from the global search's engine
-(``search.engine.build_search_inputs`` and ``search_orientations``); this module
-only provides what differs: the local grids, the boxes and their filters, the
-sub-pixel peak and the z-score re-normalisation.
+A local search looks at particles in small boxes cut from the micrograph, over
+small rotations composed with each starting pose, a few defocus values and pixel
+sizes. The correlations of a batch of particles come from
+``twodtm.particle_batch`` (with the engine's projection helpers); this module
+provides the pieces that need no engine: the local grids, the boxes and their
+filters, the sub-pixel peaks and the z-score re-normalisation.
 
 Whitening in a box
 ------------------
@@ -24,7 +24,6 @@ import math
 from dataclasses import dataclass
 
 import torch
-from torch.nn import functional
 
 from twodtm.ctf import Optics, frequency_grid
 from twodtm.orientations import euler_to_matrix, matrix_to_euler
@@ -205,64 +204,74 @@ def default_box_size(template_size: int, optics: Optics, defocus: float) -> int:
     return fft_friendly_size(template_size + math.ceil(spread) + 8)
 
 
-def extract_box(
-    image: torch.Tensor, centre: tuple[int, int], size: int
+def extract_boxes(
+    image: torch.Tensor, centres: torch.Tensor, size: int, anchor: int
 ) -> torch.Tensor:
-    """Cut a ``(size, size)`` box with pixel ``centre = (row, column)`` at its middle.
-
-    Parts outside the image are zero (the whitened image has zero mean).
-    """
-    h, w = image.shape[-2:]
-    top, left = centre[0] - size // 2, centre[1] - size // 2
-    pad = (max(0, -left), max(0, left + size - w), max(0, -top), max(0, top + size - h))
-    padded = functional.pad(image, pad)
-    top, left = top + pad[2], left + pad[0]
-    return padded[top : top + size, left : left + size].clone()
-
-
-def shift_phases(
-    shape: tuple[int, int],
-    shift: tuple[float, float],
-    device: torch.device | str = "cpu",
-) -> torch.Tensor:
-    """``(H, W // 2 + 1)`` factors that move an image by ``shift = (rows, columns)``.
-
-    Multiplying an rfft2 by them moves its content by ``shift`` pixels (circularly):
-    what was at ``p`` is then at ``p + shift``.
-    """
-    ky = torch.fft.fftfreq(shape[0], device=device, dtype=torch.float64)
-    kx = torch.fft.rfftfreq(shape[1], device=device, dtype=torch.float64)
-    angle = -2.0 * torch.pi * (ky[:, None] * shift[0] + kx[None, :] * shift[1])
-    return torch.polar(torch.ones_like(angle), angle).to(torch.complex64)
-
-
-def box_prepared_image(
-    box: torch.Tensor,
-    template_filter: torch.Tensor,
-    shift: tuple[float, float] = (0.0, 0.0),
-) -> PreparedImage:
-    """Wrap a box of the whitened micrograph as the engine's prepared image.
+    """Cut periodic ``(size, size)`` boxes around pixels of an image, in one gather.
 
     Parameters
     ----------
-    box : torch.Tensor
-        ``(b, b)`` cut from ``whitened_real_image`` (already whitened and scaled,
-        so it is transformed as is: no new mean, whitening or scaling).
-    template_filter : torch.Tensor
-        ``(b, b // 2 + 1)`` from ``resample_filter``.
-    shift : tuple[float, float]
-        Sub-pixel move ``(rows, columns)`` of the box content (Fourier shift).
+    image : torch.Tensor
+        ``(H, W)`` image (the whitened micrograph, whose mean is zero).
+    centres : torch.Tensor
+        ``(N, 2)`` int64 pixels ``(row, column)``.
+    size : int
+        Box edge, pixels.
+    anchor : int
+        Where each centre lands in its box: pixel ``(anchor, anchor)``. The rows
+        and columns run on cyclically from there, so the box equals the box
+        centred at ``size // 2`` rolled by ``anchor - size // 2``: the FFT treats
+        both alike, and ``anchor = r`` puts the shifts ``-r..r`` at indices
+        ``0..2r``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, size, size)``; pixels outside the image are zero.
     """
-    size = (int(box.shape[0]), int(box.shape[1]))
-    dft = torch.fft.rfft2(box)
-    if shift != (0.0, 0.0):
-        dft = dft * shift_phases(size, shift, box.device)
-    return PreparedImage(
-        whitened_dft=dft.to(torch.complex64),
-        template_filter=template_filter,
-        padded_shape=size,
-        shape=size,
+    h, w = image.shape[-2:]
+    device = image.device
+    axis = torch.arange(size, device=device)
+    offsets = (axis - anchor + size // 2) % size - size // 2
+    rows = centres[:, :1].to(device) + offsets
+    columns = centres[:, 1:].to(device) + offsets
+    inside = ((rows >= 0) & (rows < h))[:, :, None] & ((columns >= 0) & (columns < w))[
+        :, None, :
+    ]
+    boxes = image[rows.clamp(0, h - 1)[:, :, None], columns.clamp(0, w - 1)[:, None, :]]
+    return torch.where(inside, boxes, torch.zeros((), dtype=image.dtype, device=device))
+
+
+def shift_phases(shape: tuple[int, int], shifts: torch.Tensor) -> torch.Tensor:
+    """``(..., H, W // 2 + 1)`` factors moving images by ``shifts`` ``(..., 2)`` pixels.
+
+    Multiplying an rfft2 by them moves its content by ``(rows, columns)`` pixels
+    (circularly): what was at ``p`` is then at ``p + shift``. The result lives on
+    the device of ``shifts``.
+    """
+    device = shifts.device
+    ky = torch.fft.fftfreq(shape[0], device=device, dtype=torch.float64)
+    kx = torch.fft.rfftfreq(shape[1], device=device, dtype=torch.float64)
+    shift = shifts.to(torch.float64)[..., None, None, :]
+    angle = (
+        -2.0 * torch.pi * (ky[:, None] * shift[..., 0] + kx[None, :] * shift[..., 1])
     )
+    return torch.polar(torch.ones_like(angle), angle).to(torch.complex64)
+
+
+def box_dfts(boxes: torch.Tensor, shifts: torch.Tensor) -> torch.Tensor:
+    """rfft2 of ``(N, b, b)`` whitened boxes, moved by ``(N, 2)`` sub-pixel shifts.
+
+    The boxes are transformed as they are (no new mean, whitening or scaling: they
+    are cut from ``whitened_real_image``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(N, b, b // 2 + 1)`` complex64.
+    """
+    size = (int(boxes.shape[-2]), int(boxes.shape[-1]))
+    return torch.fft.rfft2(boxes).to(torch.complex64) * shift_phases(size, shifts)
 
 
 def window_radius(max_shift: float) -> int:
@@ -281,35 +290,52 @@ def window_mask(
     return (axis[:, None] ** 2 + axis[None, :] ** 2) <= radius**2 + 1e-9
 
 
-def subpixel_peak(values: torch.Tensor, row: int, column: int) -> tuple[float, float]:
-    """Sub-pixel offset of a maximum by a parabola through it and its neighbours.
+def _vertex(
+    left: torch.Tensor, centre: torch.Tensor, right: torch.Tensor
+) -> torch.Tensor:
+    """Vertex offsets, in [-0.5, 0.5], of parabolas through three equal-step values."""
+    curvature = left - 2.0 * centre + right
+    safe = torch.where(curvature < 0, curvature, -torch.ones_like(curvature))
+    offset = (0.5 * (left - right) / safe).clamp(-0.5, 0.5)
+    return torch.where(curvature < 0, offset, torch.zeros_like(offset))
+
+
+def subpixel_peaks(
+    values: torch.Tensor, rows: torch.Tensor, columns: torch.Tensor
+) -> torch.Tensor:
+    """Sub-pixel offsets of maxima by parabolas through them and their neighbours.
 
     Parameters
     ----------
     values : torch.Tensor
-        ``(H, W)`` correlation map.
-    row, column : int
-        The integer maximum.
+        ``(N, H, W)`` correlation maps.
+    rows, columns : torch.Tensor
+        ``(N,)`` int64 integer maxima.
 
     Returns
     -------
-    tuple[float, float]
-        ``(d_row, d_column)`` in [-0.5, 0.5] pixels (0 on an edge or a flat top).
+    torch.Tensor
+        ``(N, 2)`` float64 ``(d_row, d_column)`` in [-0.5, 0.5] pixels (0 along an
+        axis where the maximum is on the edge or the top is flat).
     """
     h, w = values.shape[-2:]
-
-    def vertex(left: float, centre: float, right: float) -> float:
-        curvature = left - 2.0 * centre + right
-        if curvature >= 0:
-            return 0.0
-        return max(-0.5, min(0.5, 0.5 * (left - right) / curvature))
-
-    d_row = d_col = 0.0
-    if 0 < row < h - 1:
-        d_row = vertex(*(float(values[row + k, column]) for k in (-1, 0, 1)))
-    if 0 < column < w - 1:
-        d_col = vertex(*(float(values[row, column + k]) for k in (-1, 0, 1)))
-    return d_row, d_col
+    maps = values.to(torch.float64)
+    n = torch.arange(maps.shape[0], device=maps.device)
+    # Neighbours are clamped into the map; offsets at its edge are zeroed below.
+    up, down = (rows - 1).clamp_min(0), (rows + 1).clamp_max(h - 1)
+    left, right = (columns - 1).clamp_min(0), (columns + 1).clamp_max(w - 1)
+    centre = maps[n, rows, columns]
+    d_row = _vertex(maps[n, up, columns], centre, maps[n, down, columns])
+    d_column = _vertex(maps[n, rows, left], centre, maps[n, rows, right])
+    on_edge_row = (rows == 0) | (rows == h - 1)
+    on_edge_column = (columns == 0) | (columns == w - 1)
+    return torch.stack(
+        [
+            torch.where(on_edge_row, torch.zeros_like(d_row), d_row),
+            torch.where(on_edge_column, torch.zeros_like(d_column), d_column),
+        ],
+        -1,
+    )
 
 
 def renormalised_zscore(correlation: float, mean: float, std: float) -> float:

@@ -173,6 +173,11 @@ def prepare_task(
         fused=fused,
         filters_per_transform=engine.default_filters_per_transform(device),
     )
+    paired = compute.paired_transforms
+    if paired == "auto":
+        paired = engine.default_paired(device)
+    if paired and compute.precision == "fp32":
+        search_inputs = engine.pair_filters(search_inputs)
     batch = compute.batch_size
     if batch == "auto":
         batch = engine.auto_batch_size(device, image.padded_shape, space.n_filters)

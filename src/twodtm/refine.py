@@ -1,17 +1,19 @@
 """Local refinement of particles: orientation, defocus, pixel size and position.
 
-Each particle is refined in a box cut from the whitened micrograph (see
-``twodtm.local``) with the global search's engine: the local poses form a small
-``SearchSpace`` whose correlations ``search_orientations`` folds into box-sized
-``SearchStatistics``; the best pixel within ``max_shift`` of the start gives the
+Particles are refined in batches on the micrograph's device (see
+``twodtm.particle_batch``): each batch's boxes, cut from the whitened micrograph
+(see ``twodtm.local``) at one common size, are correlated with every particle's
+own local orientations, defocus values and pixel sizes through the global
+search's engine. The best pixel within ``max_shift`` of each start gives the
 pose, and a parabola through the correlation map at that pose the sub-pixel
-position. Particles are looped over, and each one's local orientations are
-batched through the engine: with box-sized images the per-particle overhead
-(one box, one CTF stack) is small next to hundreds of correlations.
+position. A batch holds particles that need the same box, so a particle's result
+does not depend on which others it is batched with.
 """
 
 from __future__ import annotations
 
+import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,50 +36,30 @@ from twodtm.io.mrc import read_mrc
 from twodtm.io.tables import read_particles, write_particles
 from twodtm.local import (
     LocalGrid,
-    box_prepared_image,
+    box_dfts,
     default_box_size,
-    extract_box,
+    extract_boxes,
     local_orientations,
     renormalised_zscore,
     resample_filter,
-    subpixel_peak,
+    subpixel_peaks,
     whitened_real_image,
-    window_mask,
     window_radius,
 )
 from twodtm.orientations import angular_distance, euler_to_matrix
-from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
-from twodtm.search.engine import (
-    build_search_inputs,
-    correlate,
-    filter_norms,
-    projection_dfts,
-    search_orientations,
+from twodtm.particle_batch import (
+    BestPose,
+    ParticleBoxes,
+    Template,
+    batch_inputs,
+    best_in_disk,
+    best_maps,
+    orientations_per_chunk,
+    search_windows,
 )
-from twodtm.search.space import SearchSpace
-from twodtm.search.statistics import SearchStatistics
+from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
 
 _POSE_COLUMNS = ("x", "y", "phi", "theta", "psi")
-
-
-@dataclass(frozen=True)
-class Template:
-    """A template ready for the engine.
-
-    Attributes
-    ----------
-    dft : torch.Tensor
-        Output of ``preprocess.prepare_template`` on the search device.
-    size : int
-        Box size of the map, voxels.
-    pixel_size : float
-        Voxel size the map is taken to have, Angstrom; changing it rescales the
-        map in Fourier space (the slices are sampled at scaled frequencies).
-    """
-
-    dft: torch.Tensor
-    size: int
-    pixel_size: float
 
 
 def make_template(
@@ -130,7 +112,7 @@ def prepare_micrograph(
 
 @dataclass(frozen=True)
 class LocalSettings:
-    """What a local search around one pose visits.
+    """What a local search around each pose visits, and in what pieces.
 
     Attributes
     ----------
@@ -143,9 +125,12 @@ class LocalSettings:
     max_shift : float
         Largest move of the position from the start, pixels.
     box_size : int or None
-        Box edge in pixels; None for ``local.default_box_size``.
-    batch_size : int
-        Orientations per engine call.
+        Box edge in pixels; None for ``local.default_box_size`` of each particle.
+    particle_batch_size : int
+        Most particles searched together (one box size, batched transforms).
+    batch_size : int or None
+        Orientations per particle in one chunk of a batch; None for
+        ``particle_batch.orientations_per_chunk`` (the memory budget).
     iterations : int
         Passes; each after the first is centred on the last result with the
         grid's ranges and steps and the offsets halved.
@@ -156,7 +141,8 @@ class LocalSettings:
     pixel_size_offsets: tuple[float, ...] = (0.0,)
     max_shift: float = 2.0
     box_size: int | None = None
-    batch_size: int = 32
+    particle_batch_size: int = 32
+    batch_size: int | None = None
     iterations: int = 1
 
     def halved(self) -> LocalSettings:
@@ -191,98 +177,170 @@ class LocalFit:
         Refined pose (sub-pixel position).
     correlation : float
         Best normalised cross-correlation (in units of the whitened noise).
-    statistics : SearchStatistics
-        The box's statistics of the last pass (mean/std over the local poses).
     n_trials : int
         Correlations per pixel in the last pass.
     """
 
     pose: Pose
     correlation: float
-    statistics: SearchStatistics
     n_trials: int
 
 
-def _particle_optics(optics: Optics, defocus: float) -> Optics:
-    shift = defocus - optics.defocus_mean
-    return replace(
-        optics, defocus_u=optics.defocus_u + shift, defocus_v=optics.defocus_v + shift
-    )
+def _box_size(
+    template: Template, optics: Optics, start: Pose, settings: LocalSettings
+) -> int:
+    deepest = abs(start.defocus) + max(abs(d) for d in settings.defocus_offsets)
+    return settings.box_size or default_box_size(template.size, optics, deepest)
 
 
-def _local_space(start: Pose, settings: LocalSettings) -> SearchSpace:
-    angles = local_orientations(
-        torch.tensor(start.angles, dtype=torch.float64), settings.grid
+def batches_by_box(sizes: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Split particle indices into batches of one box size, ``batch_size`` at most.
+
+    Particles are sorted by box size (stably), so batches are full but for the
+    last one of each size.
+    """
+    order = sorted(range(len(sizes)), key=sizes.__getitem__)
+    batches = []
+    for _, group in itertools.groupby(order, key=sizes.__getitem__):
+        members = list(group)
+        batches += [
+            members[k : k + batch_size] for k in range(0, len(members), batch_size)
+        ]
+    return batches
+
+
+def _particle_boxes(
+    micrograph: Micrograph,
+    starts: Sequence[Pose],
+    size: int,
+    settings: LocalSettings,
+    radius: int,
+) -> ParticleBoxes:
+    device = micrograph.whitened.device
+    positions = torch.tensor([[p.y, p.x] for p in starts], dtype=torch.float64)
+    centres = positions.round()
+    # Each start pixel lands at (r, r) of its periodic box: the windows then hold
+    # only the (2r + 1)^2 shifts the peak may move to. The sub-pixel remainder is
+    # moved onto the pixel grid, so orientations are compared at the particle's
+    # position rather than up to half a pixel off.
+    boxes = extract_boxes(micrograph.whitened, centres.long(), size, radius)
+    dfts = box_dfts(boxes, (centres - positions).to(device))
+    values = torch.tensor(
+        [[p.defocus, p.pixel_size] for p in starts], dtype=torch.float64
     )
-    offsets = torch.tensor(settings.pixel_size_offsets, dtype=torch.float64)
-    return SearchSpace(
-        euler_angles=angles,
-        defocus_offsets=torch.tensor(settings.defocus_offsets, dtype=torch.float64),
-        pixel_sizes=start.pixel_size + offsets,
+    defocus = values[:, :1] + torch.tensor(
+        settings.defocus_offsets, dtype=torch.float64
     )
+    pixel_sizes = values[:, 1:] + torch.tensor(
+        settings.pixel_size_offsets, dtype=torch.float64
+    )
+    return ParticleBoxes(dfts, defocus.to(device), pixel_sizes)
+
+
+def _fits(
+    starts: Sequence[Pose],
+    boxes: ParticleBoxes,
+    angles: torch.Tensor,
+    best: BestPose,
+    shifts: torch.Tensor,
+    radius: int,
+) -> list[LocalFit]:
+    """Turn the batch's best indices and sub-pixel ``shifts`` ``(N, 2)`` into fits."""
+    n_trials = int(
+        angles.shape[1] * boxes.defocus.shape[1] * boxes.pixel_sizes.shape[1]
+    )
+    fits = []
+    for n, start in enumerate(starts):
+        row, column = int(best.rows[n]), int(best.columns[n])
+        pixel, defocus = int(best.pixel_size[n]), int(best.defocus[n])
+        phi, theta, psi = angles[n, int(best.orientation[n])].tolist()
+        pose = Pose(
+            x=start.x - radius + column + float(shifts[n, 1]),
+            y=start.y - radius + row + float(shifts[n, 0]),
+            angles=(phi, theta, psi),
+            defocus=float(boxes.defocus[n, defocus]),
+            pixel_size=float(boxes.pixel_sizes[n, pixel]),
+        )
+        fits.append(LocalFit(pose, float(best.correlation[n]), n_trials))
+    return fits
+
+
+def _search_batch(
+    micrograph: Micrograph,
+    template: Template,
+    starts: Sequence[Pose],
+    size: int,
+    settings: LocalSettings,
+) -> list[LocalFit]:
+    """One pass of the local search of particles sharing the box ``size``."""
+    radius = window_radius(settings.max_shift)
+    window = 2 * radius + 1
+    boxes = _particle_boxes(micrograph, starts, size, settings, radius)
+    inputs = batch_inputs(
+        template, boxes, micrograph.box_filter(size), micrograph.optics
+    )
+    angles = torch.stack(
+        [
+            local_orientations(
+                torch.tensor(p.angles, dtype=torch.float64), settings.grid
+            )
+            for p in starts
+        ]
+    )
+    rotations = euler_to_matrix(angles)
+    n_defocus, n_pixel = len(settings.defocus_offsets), len(settings.pixel_size_offsets)
+    chunk = settings.batch_size or orientations_per_chunk(
+        len(starts), n_defocus, size, boxes.dfts.device
+    )
+    best = best_in_disk(
+        search_windows(inputs, rotations, window, chunk),
+        settings.max_shift,
+        n_pixel,
+        n_defocus,
+    )
+    maps = best_maps(inputs, rotations, best, window)
+    shifts = subpixel_peaks(maps, best.rows, best.columns).cpu()
+    return _fits(starts, boxes, angles, best, shifts, radius)
 
 
 def _search_pass(
-    micrograph: Micrograph, template: Template, start: Pose, settings: LocalSettings
-) -> LocalFit:
-    deepest = abs(start.defocus) + max(abs(d) for d in settings.defocus_offsets)
-    size = settings.box_size or default_box_size(
-        template.size, micrograph.optics, deepest
-    )
-    centre = (round(start.y), round(start.x))
-    # Roll the box (its FFT is periodic anyway) to put the start pixel at (r, r):
-    # the statistics then cover only the (2r + 1)^2 window the peak may move in.
-    r = window_radius(settings.max_shift)
-    box = extract_box(micrograph.whitened, centre, size).roll(
-        (r - size // 2,) * 2, (0, 1)
-    )
-    # Move the start's sub-pixel position onto the pixel grid, so the orientations
-    # are compared at the particle's position rather than up to half a pixel off.
-    frac = (start.y - centre[0], start.x - centre[1])
-    image = box_prepared_image(box, micrograph.box_filter(size), (-frac[0], -frac[1]))
-    optics = _particle_optics(micrograph.optics, start.defocus)
-    space = _local_space(start, settings)
-    inputs = build_search_inputs(
-        template.dft, template.size, image, optics, space, template.pixel_size
-    )
-    stats = SearchStatistics.empty((2 * r + 1, 2 * r + 1), box.device)
-    rotations = euler_to_matrix(space.euler_angles)
-    for first in range(0, space.n_orientations, settings.batch_size):
-        batch = rotations[first : first + settings.batch_size]
-        search_orientations(inputs, batch, first, stats, crop=stats.shape)
-    inside = window_mask(2 * r + 1, settings.max_shift, box.device)
-    row, column = divmod(
-        int(torch.argmax(torch.where(inside, stats.mip, -torch.inf))), 2 * r + 1
-    )
-    orientation, pixel, defocus = (
-        int(v) for v in space.decode(stats.best_index[row, column])
-    )
-    dft = projection_dfts(inputs, rotations[orientation : orientation + 1], pixel)
-    norms = filter_norms(inputs, dft, pixel)
-    d_row, d_column = subpixel_peak(
-        correlate(inputs, dft[0], norms[0], pixel)[defocus], row, column
-    )
-    angles = space.euler_angles[orientation].tolist()
-    pose = Pose(
-        x=centre[1] + frac[1] - r + column + d_column,
-        y=centre[0] + frac[0] - r + row + d_row,
-        angles=(angles[0], angles[1], angles[2]),
-        defocus=start.defocus + float(space.defocus_offsets[defocus]),
-        pixel_size=float(space.pixel_sizes[pixel]),
-    )
-    return LocalFit(pose, float(stats.mip[row, column]), stats, space.size)
+    micrograph: Micrograph,
+    template: Template,
+    starts: Sequence[Pose],
+    settings: LocalSettings,
+) -> list[LocalFit]:
+    sizes = [_box_size(template, micrograph.optics, p, settings) for p in starts]
+    fits: dict[int, LocalFit] = {}
+    for batch in batches_by_box(sizes, settings.particle_batch_size):
+        found = _search_batch(
+            micrograph, template, [starts[i] for i in batch], sizes[batch[0]], settings
+        )
+        fits.update(zip(batch, found, strict=True))
+    return [fits[i] for i in range(len(starts))]
 
 
-def fit_particle(
-    micrograph: Micrograph, template: Template, start: Pose, settings: LocalSettings
-) -> LocalFit:
-    """Refine one particle from ``start`` with ``settings.iterations`` passes."""
+def fit_particles(
+    micrograph: Micrograph,
+    template: Template,
+    starts: Sequence[Pose],
+    settings: LocalSettings,
+) -> list[LocalFit]:
+    """Refine particles from their ``starts`` with ``settings.iterations`` passes.
+
+    Particles are searched in batches of up to ``settings.particle_batch_size``
+    that share a box size, on the device of the micrograph and template.
+
+    Returns
+    -------
+    list[LocalFit]
+        One fit per start, in order.
+    """
     with torch.inference_mode():
-        fit = _search_pass(micrograph, template, start, settings)
+        fits = _search_pass(micrograph, template, starts, settings)
         for _ in range(settings.iterations - 1):
             settings = settings.halved()
-            fit = _search_pass(micrograph, template, fit.pose, settings)
-    return fit
+            fits = _search_pass(micrograph, template, [f.pose for f in fits], settings)
+    return fits
 
 
 def start_pose(row: pd.Series, optics: Optics) -> Pose:
@@ -369,11 +427,13 @@ def refine_particles(
         geodesic), delta_defocus (A), delta_pixel_size (A), delta_zscore.
     """
     check_particle_table(particles, "particles")
-    rows = []
-    for _, row in particles.iterrows():
-        start = start_pose(row, micrograph.optics)
-        fit = fit_particle(micrograph, template, start, settings)
-        rows.append(_refined_row(row, fit, start, micrograph.optics))
+    table = [row for _, row in particles.iterrows()]
+    starts = [start_pose(row, micrograph.optics) for row in table]
+    fits = fit_particles(micrograph, template, starts, settings)
+    rows = [
+        _refined_row(row, fit, start, micrograph.optics)
+        for row, fit, start in zip(table, fits, starts, strict=True)
+    ]
     columns = list(particles.columns) + [
         c for c in _ADDED if c not in particles.columns
     ]
@@ -397,7 +457,11 @@ _ADDED = (
 def local_settings_from(
     fields: LocalSearch, batch_size: int | str = "auto"
 ) -> LocalSettings:
-    """Local-search settings from a ``search`` section."""
+    """Local-search settings from a ``search`` section.
+
+    ``batch_size`` (``compute.batch_size``) is the orientations per particle in
+    one chunk; "auto" sizes chunks to the memory budget.
+    """
     o = fields.orientation
     return LocalSettings(
         grid=LocalGrid(
@@ -407,7 +471,8 @@ def local_settings_from(
         pixel_size_offsets=tuple(fields.pixel_size.offsets()),
         max_shift=fields.max_shift,
         box_size=fields.box_size,
-        batch_size=32 if batch_size == "auto" else int(batch_size),
+        particle_batch_size=fields.particle_batch_size,
+        batch_size=None if batch_size == "auto" else int(batch_size),
         iterations=fields.iterations,
     )
 

@@ -17,7 +17,7 @@ transform stays near the unit-variance correlations, far from float16 overflow.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Literal
 
 import torch
@@ -27,7 +27,7 @@ from twodtm.ctf import Optics, ctf_stack
 from twodtm.errors import DeviceError
 from twodtm.preprocess import PreparedImage
 from twodtm.search.space import SearchSpace
-from twodtm.search.statistics import SearchStatistics
+from twodtm.search.statistics import PairedStatistics, SearchStatistics
 
 Precision = Literal["fp32", "fp16"]
 # Below this many pixel-correlations (n * H * W) the compile time of the fused
@@ -65,6 +65,15 @@ class SearchInputs:
         Defocus maps per inverse-FFT call (0: all D at once). On the CPU one map
         at a time stays in cache and measured 2.6x faster per map than 13 batched;
         on CUDA a batch of all D fills the device.
+    norm_kernels : torch.Tensor, optional
+        ``(P, D, 4 t^2)`` float32: each filter's squared response as a function
+        of the lag, on the ``(2t, 2t)`` circular lag grid (see ``lag_kernels``);
+        None when the image is smaller than ``2t - 1`` (norms then come from
+        ``norm_weights``).
+    paired_image : torch.Tensor, optional
+        ``(P, D2, H, W)`` complex64 on the full DFT grid: filtered images
+        ``F[2j] + i F[2j + 1]`` of defocus pairs (see ``pair_filters``). When set,
+        ``filtered_image`` holds only the filters after the pairs (``D - 2 D2``).
     """
 
     template_dft: torch.Tensor
@@ -76,18 +85,30 @@ class SearchInputs:
     precision: Precision = "fp32"
     fused: bool = False
     filters_per_transform: int = 0
+    norm_kernels: torch.Tensor | None = None
+    paired_image: torch.Tensor | None = None
+
+    @property
+    def n_pairs(self) -> int:
+        """Defocus pairs transformed together (``D2``; 0 without pairing)."""
+        return 0 if self.paired_image is None else int(self.paired_image.shape[1])
+
+    @property
+    def n_defocus(self) -> int:
+        """Defocus values (filters per pixel size) D."""
+        return 2 * self.n_pairs + int(self.filtered_image.shape[1])
 
     @property
     def transform_group(self) -> int:
-        """Defocus maps per inverse FFT, resolved (1..D)."""
-        d = int(self.filtered_image.shape[1])
+        """Unpaired defocus maps per inverse real FFT, resolved (1..D - 2 D2)."""
+        d = max(int(self.filtered_image.shape[1]), 1)
         group = self.filters_per_transform
         return d if group <= 0 else min(group, d)
 
     @property
     def n_filters(self) -> int:
         """Filters per orientation, ``P * D``."""
-        return int(self.filtered_image.shape[0] * self.filtered_image.shape[1])
+        return int(self.filtered_image.shape[0]) * self.n_defocus
 
     @property
     def device(self) -> torch.device:
@@ -144,13 +165,14 @@ def build_search_inputs(
     template_px = (
         optics.pixel_size if template_pixel_size is None else template_pixel_size
     )
-    filtered, weights, scales = [], [], []
+    filtered, weights, kernels, scales = [], [], [], []
     offsets = space.defocus_offsets.to(device=device, dtype=torch.float32)
     parseval = parseval_weights(shape, device)
     for pixel_size in space.pixel_sizes.tolist():
         filters = ctf_stack(optics, offsets, shape, pixel_size) * image.template_filter
         filtered.append(image.whitened_dft * filters)
         weights.append((filters.square() * parseval).flatten(1))
+        kernels.append(lag_kernels(filters, shape, template_size))
         scales.append(template_px / pixel_size)
     return SearchInputs(
         template_dft=template_dft,
@@ -159,6 +181,157 @@ def build_search_inputs(
         norm_weights=torch.stack(weights).to(torch.float32),
         pixel_scales=tuple(scales),
         image_shape=shape,
+        norm_kernels=_stack_or_none(kernels),
+    )
+
+
+def _stack_or_none(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
+    present = [t for t in tensors if t is not None]
+    return torch.stack(present) if len(present) == len(tensors) else None
+
+
+def lag_kernels(
+    filters: torch.Tensor, shape: tuple[int, int], template_size: int
+) -> torch.Tensor | None:
+    """Squared filter responses by lag, for norms from a projection's autocorrelation.
+
+    A projection p filtered by F has ``sum((F * p)^2) = sum_x a(x) g(x)``, with a
+    the autocorrelation of p and ``g = irfft2(F^2)`` (Parseval). A t-pixel box
+    has ``a(x) = 0`` beyond ``|x| < t`` per axis, so g is needed only at those
+    lags: norms then cost a ``(2t)^2`` dot product instead of a pass over the
+    whole ``(H, W // 2 + 1)`` grid.
+
+    Parameters
+    ----------
+    filters : torch.Tensor
+        ``(D, H, W // 2 + 1)`` real filters on the image's rfft grid.
+    shape : tuple[int, int]
+        ``(H, W)``.
+    template_size : int
+        Box size t of the projections.
+
+    Returns
+    -------
+    torch.Tensor or None
+        ``(D, 4 t^2)`` float32, lag ``(dy, dx)`` at ``(dy mod 2t, dx mod 2t)`` of
+        a ``(2t, 2t)`` grid (0 at lag t); None if ``H`` or ``W < 2t - 1`` (lags
+        would wrap around the image).
+    """
+    h, w = shape
+    t = template_size
+    if h < 2 * t - 1 or w < 2 * t - 1:
+        return None
+    lags = torch.arange(-(t - 1), t, device=filters.device)
+    rows, columns = (lags % h)[:, None], (lags % w)[None, :]
+    slots = lags % (2 * t)
+    kernels = torch.zeros(
+        (filters.shape[0], 2 * t, 2 * t), dtype=torch.float64, device=filters.device
+    )
+    for d, response in enumerate(filters):
+        g = torch.fft.irfft2(response.double().square().to(torch.complex128), s=shape)
+        kernels[d, slots[:, None], slots[None, :]] = g[rows, columns]
+    return kernels.flatten(1).to(torch.float32)
+
+
+def projection_norms(
+    inputs: SearchInputs, projection: torch.Tensor, pixel_index: int
+) -> torch.Tensor:
+    """Real-space norms ``(D,)`` of one ``(t, t)`` projection under every filter.
+
+    Exact (see ``lag_kernels``); needs ``inputs.norm_kernels``. One projection at
+    a time, so that no result depends on how orientations are batched.
+    """
+    assert inputs.norm_kernels is not None
+    t2 = 2 * int(projection.shape[-1])
+    spectrum = torch.fft.rfft2(projection, s=(t2, t2))
+    power = spectrum.real.square() + spectrum.imag.square()
+    autocorrelation = torch.fft.irfft2(power, s=(t2, t2)).flatten()
+    squared = inputs.norm_kernels[pixel_index] @ autocorrelation
+    return squared.clamp_min(1e-30).sqrt()
+
+
+def mirrored_half(half: torch.Tensor, width: int) -> torch.Tensor:
+    """Values ``X[-k]`` for the columns an rfft grid leaves out.
+
+    Parameters
+    ----------
+    half : torch.Tensor
+        ``(..., H, W // 2 + 1)`` rfft2 of real ``(H, W)`` data.
+    width : int
+        W.
+
+    Returns
+    -------
+    torch.Tensor
+        ``(..., H, W - W // 2 - 1)``: entry ``[r, c]`` holds ``half[-r, W - c']``
+        for full-grid column ``c' = W // 2 + 1 + c``; the full DFT there is its
+        complex conjugate (Hermitian symmetry).
+    """
+    h = half.shape[-2]
+    rows = (-torch.arange(h, device=half.device)) % h
+    return half[..., rows, 1 : width - half.shape[-1] + 1].flip(-1)
+
+
+def full_grid(half: torch.Tensor, width: int) -> torch.Tensor:
+    """Return the full ``(..., H, W)`` DFT of real data from its rfft2 half."""
+    return torch.cat([half, mirrored_half(half, width).conj()], dim=-1)
+
+
+def hermitian_nyquist(half: torch.Tensor, width: int) -> torch.Tensor:
+    """Make the Nyquist column of an rfft grid Hermitian, as ``irfft2`` reads it.
+
+    An astigmatic CTF differs at ``(ky, +1/2)`` and its partner ``(-ky, -1/2)``,
+    which the rfft grid stores as ``(-ky, +1/2)``. ``irfft2`` keeps only the
+    Hermitian part of that column; a complex transform must be given the same,
+    or the non-Hermitian rest leaks into the imaginary part (the other map).
+
+    Returns
+    -------
+    torch.Tensor
+        A copy of ``half`` (``(..., H, W // 2 + 1)``), column W/2 symmetrised
+        when W is even.
+    """
+    half = half.clone()
+    if width % 2 == 0:
+        h = half.shape[-2]
+        rows = (-torch.arange(h, device=half.device)) % h
+        column = half[..., width // 2]
+        half[..., width // 2] = 0.5 * (column + column[..., rows].conj())
+    return half
+
+
+def pair_filters(inputs: SearchInputs) -> SearchInputs:
+    """Pair defocus filters so that one complex inverse FFT yields two maps.
+
+    For real maps ``a`` and ``b``, ``ifft2(A + iB) = a + ib``; one complex
+    transform of the full grid measured 1.5x (1024^2) to 2.1x (4096^2) faster per
+    map than one ``irfft2`` each on the CPU. Filters ``2j`` and ``2j + 1`` become
+    pair j; an odd last filter stays in ``filtered_image`` (real transform).
+
+    Returns
+    -------
+    SearchInputs
+        The same inputs with ``paired_image`` set (unchanged if already paired or
+        D < 2).
+    """
+    filtered = inputs.filtered_image
+    n_pixel, n_defocus, h, _ = (int(n) for n in filtered.shape)
+    pairs = n_defocus // 2
+    if inputs.paired_image is not None or pairs == 0:
+        return inputs
+    width = inputs.image_shape[1]
+    filtered = hermitian_nyquist(filtered, width)
+    paired = torch.empty(
+        (n_pixel, pairs, h, width), dtype=torch.complex64, device=filtered.device
+    )
+    for j in range(pairs):
+        paired[:, j] = full_grid(filtered[:, 2 * j], width) + 1j * full_grid(
+            filtered[:, 2 * j + 1], width
+        )
+    return replace(
+        inputs,
+        filtered_image=filtered[:, 2 * pairs :].clone(),
+        paired_image=paired,
     )
 
 
@@ -196,16 +369,33 @@ def project(
     return real[..., start : start + t, start : start + t]
 
 
-def padded_dft(projections: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
+def padded_dft(
+    projections: torch.Tensor,
+    shape: tuple[int, int],
+    spectrum: torch.Tensor | None = None,
+    out: torch.Tensor | None = None,
+) -> torch.Tensor:
     """rfft2 of centred ``(B, t, t)`` boxes placed at the origin of an ``(H, W)`` image.
 
     Equivalent to wrapping each box around pixel (0, 0) of a zero image and taking
     ``rfft2``, but only the t rows that hold data are transformed along x.
 
+    Parameters
+    ----------
+    projections : torch.Tensor
+        ``(B, t, t)`` real boxes.
+    shape : tuple[int, int]
+        ``(H, W)``.
+    spectrum : torch.Tensor, optional
+        ``(B, H, W // 2 + 1)`` complex64 work buffer, zero except in the rows this
+        function writes (reuse it: no allocation per call).
+    out : torch.Tensor, optional
+        ``(B, H, W // 2 + 1)`` complex64 buffer for the result.
+
     Returns
     -------
     torch.Tensor
-        ``(B, H, W // 2 + 1)`` complex64.
+        ``(B, H, W // 2 + 1)`` complex64 (``out`` when given).
     """
     b, t = projections.shape[0], projections.shape[-1]
     h, w = shape
@@ -214,10 +404,10 @@ def padded_dft(projections: torch.Tensor, shape: tuple[int, int]) -> torch.Tenso
     rows[..., : t - half] = projections[..., half:]
     rows[..., w - half :] = projections[..., :half]
     rows_dft = torch.fft.rfft(rows, dim=-1)
-    full = rows_dft.new_zeros((b, h, w // 2 + 1))
+    full = rows_dft.new_zeros((b, h, w // 2 + 1)) if spectrum is None else spectrum
     full[:, : t - half] = rows_dft[:, half:]
     full[:, h - half :] = rows_dft[:, :half]
-    return torch.fft.fft(full, dim=-2)
+    return torch.fft.fft(full, dim=-2, out=out)
 
 
 def projection_dfts(
@@ -239,10 +429,32 @@ def filter_norms(
     return squared.T.clamp_min(1e-30).sqrt()
 
 
+def orientation_norms(
+    inputs: SearchInputs,
+    projection: torch.Tensor,
+    dft: torch.Tensor,
+    pixel_index: int,
+) -> torch.Tensor:
+    """Norms ``(D,)`` of one projection: from lag kernels when built, else the DFT.
+
+    Parameters
+    ----------
+    projection : torch.Tensor
+        ``(t, t)`` real projection.
+    dft : torch.Tensor
+        ``(1, H, W // 2 + 1)`` its image-size DFT.
+    """
+    if inputs.norm_kernels is not None:
+        return projection_norms(inputs, projection, pixel_index)
+    return filter_norms(inputs, dft, pixel_index)[0]
+
+
 def correlate(
     inputs: SearchInputs, dft: torch.Tensor, norms: torch.Tensor, pixel_index: int
 ) -> torch.Tensor:
     """Normalised cross-correlations ``(D, H, W)`` of one projection with the image.
+
+    Computed exactly as the search computes them (same transforms, same rounding).
 
     Parameters
     ----------
@@ -251,8 +463,13 @@ def correlate(
     norms : torch.Tensor
         ``(D,)`` its filtered norms from ``filter_norms``.
     """
-    product = inputs.filtered_image[pixel_index] * dft.conj()
-    maps = torch.fft.irfft2(product, s=inputs.image_shape)
+    space = workspace(inputs)
+    transform_orientation(inputs, dft, norms, pixel_index, space)
+    h, w = inputs.image_shape
+    paired = torch.view_as_real(space.pair_maps).movedim(-1, 1).reshape(-1, h, w)
+    maps = torch.cat([paired, space.maps.float()])
+    if inputs.precision == "fp16":
+        return maps
     return maps / norms[:, None, None]
 
 
@@ -289,6 +506,11 @@ def check_precision(
         )
 
 
+def default_paired(device: torch.device) -> bool:
+    """Whether to pair defocus maps into complex transforms (CPU: yes)."""
+    return device.type != "cuda"
+
+
 def default_filters_per_transform(device: torch.device) -> int:
     """Defocus maps per inverse FFT: 1 on the CPU (cache), all (0) on CUDA."""
     return 0 if device.type == "cuda" else 1
@@ -323,33 +545,69 @@ class Workspace:
     Attributes
     ----------
     product : torch.Tensor
-        ``(G, H, W // 2 + 1)`` filtered images times the projection's conjugate
-        DFT, G = ``SearchInputs.transform_group`` filters at a time.
+        ``(G, H, W // 2 + 1)`` unpaired filtered images times the projection's
+        conjugate DFT, G = ``SearchInputs.transform_group`` filters at a time.
     maps : torch.Tensor
-        ``(D, H, W)`` inverse transforms of all D filters' products, folded into
-        the statistics once per orientation.
+        ``(D - 2 D2, H, W)`` inverse real transforms of the unpaired products.
+    template : torch.Tensor
+        ``(H, W)`` conjugate projection DFT on the full grid (pairs only).
+    pair_product : torch.Tensor
+        ``(H, W)`` one pair's filtered image times ``template``.
+    pair_maps : torch.Tensor
+        ``(D2, H, W)`` complex inverse transforms: pair j's two maps are the real
+        and imaginary parts of ``pair_maps[j]``.
+    spectrum, dft : torch.Tensor
+        ``(1, H, W // 2 + 1)`` buffers of ``padded_dft`` (spectrum zero outside
+        the projection's rows).
+    mirror : torch.Tensor
+        ``(H * (W - W // 2 - 1),)`` buffer of ``mirrored_half`` (pairs only).
+    mirror_index : torch.Tensor
+        Flat rfft-grid index of every ``mirror`` entry (see ``mirrored_half``).
     """
 
     product: torch.Tensor
     maps: torch.Tensor
+    template: torch.Tensor
+    pair_product: torch.Tensor
+    pair_maps: torch.Tensor
+    spectrum: torch.Tensor
+    dft: torch.Tensor
+    mirror: torch.Tensor
+    mirror_index: torch.Tensor
 
 
 def workspace(inputs: SearchInputs) -> Workspace:
     """Allocate the buffers for ``inputs`` (half precision when it is fp16)."""
-    g, d = inputs.transform_group, int(inputs.filtered_image.shape[1])
+    singles, pairs = int(inputs.filtered_image.shape[1]), inputs.n_pairs
+    g = min(inputs.transform_group, singles)
     h, w = inputs.image_shape
     half = inputs.precision == "fp16"
+    device = inputs.device
+    full = (1 if pairs else 0, h, w)
+    rfft_grid = (1, h, w // 2 + 1)
+    if pairs:
+        index = torch.arange(h * (w // 2 + 1), device=device).view(rfft_grid[1:])
+        mirror_index = mirrored_half(index, w).flatten()
+    else:
+        mirror_index = torch.zeros(0, dtype=torch.int64, device=device)
     return Workspace(
         product=torch.empty(
             (g, h, w // 2 + 1),
             dtype=torch.complex32 if half else torch.complex64,
-            device=inputs.device,
+            device=device,
         ),
         maps=torch.empty(
-            (d, h, w),
+            (singles, h, w),
             dtype=torch.float16 if half else torch.float32,
-            device=inputs.device,
+            device=device,
         ),
+        template=torch.empty(full, dtype=torch.complex64, device=device),
+        pair_product=torch.empty(full, dtype=torch.complex64, device=device),
+        pair_maps=torch.empty((pairs, h, w), dtype=torch.complex64, device=device),
+        spectrum=torch.zeros(rfft_grid, dtype=torch.complex64, device=device),
+        dft=torch.empty(rfft_grid, dtype=torch.complex64, device=device),
+        mirror=torch.empty(mirror_index.shape, dtype=torch.complex64, device=device),
+        mirror_index=mirror_index,
     )
 
 
@@ -362,12 +620,12 @@ def filtered_products(
     first_filter: int = 0,
     conjugated: bool = False,
 ) -> torch.Tensor:
-    """Multiply filtered images by ``conj(dft)`` into ``space.product``.
+    """Multiply unpaired filtered images by ``conj(dft)`` into ``space.product``.
 
-    Filters ``first_filter`` to ``first_filter + G`` (G = the workspace's size) of
-    pixel size ``pixel_index``; ``norms`` holds those G filters' norms. In fp16 the
-    product is also scaled by ``1 / (H W norms)`` (see the module notes). Pass
-    ``conjugated=True`` when ``dft`` already holds the conjugate (saves a copy).
+    Unpaired filters ``first_filter`` to ``first_filter + G`` (G = the workspace's
+    size) of pixel size ``pixel_index``; ``norms`` holds those G filters' norms.
+    In fp16 the product is also scaled by ``1 / (H W norms)`` (see the module
+    notes). Pass ``conjugated=True`` when ``dft`` already holds the conjugate.
 
     Returns
     -------
@@ -408,6 +666,110 @@ def inverse_transforms(
     )
 
 
+def conjugate_template(dft: torch.Tensor, space: Workspace, width: int) -> torch.Tensor:
+    """Write ``conj(P)`` on the full grid into ``space.template[0]`` and return it.
+
+    The rfft half is conjugated; on the other columns ``conj(P[k]) = P[-k]``.
+    """
+    split = int(dft.shape[-1])
+    template = space.template[0]
+    template[:, :split].copy_(dft.conj())
+    # mirrored_half(dft) as one gather into a reused buffer (no allocation)
+    mirror = torch.index_select(dft.flatten(), 0, space.mirror_index, out=space.mirror)
+    template[:, split:].copy_(mirror.view(template.shape[0], width - split))
+    return template
+
+
+def pair_product(
+    inputs: SearchInputs, pixel_index: int, pair: int, space: Workspace
+) -> torch.Tensor:
+    """Pair ``pair``'s filtered image times ``space.template`` into the workspace."""
+    assert inputs.paired_image is not None
+    product = space.pair_product[0]
+    return torch.mul(
+        inputs.paired_image[pixel_index, pair], space.template[0], out=product
+    )
+
+
+def pair_transform(space: Workspace, pair: int) -> torch.Tensor:
+    """Complex ``ifft2`` of ``space.pair_product`` into ``space.pair_maps[pair]``."""
+    return torch.fft.ifft2(space.pair_product[0], out=space.pair_maps[pair])
+
+
+def paired_transforms(
+    inputs: SearchInputs, dft: torch.Tensor, pixel_index: int, space: Workspace
+) -> None:
+    """Fill ``space.pair_maps`` with every pair's two (unnormalised) maps.
+
+    Parameters
+    ----------
+    dft : torch.Tensor
+        ``(H, W // 2 + 1)`` projection DFT.
+    """
+    if inputs.n_pairs == 0:
+        return
+    conjugate_template(dft, space, inputs.image_shape[1])
+    for j in range(inputs.n_pairs):
+        pair_product(inputs, pixel_index, j, space)
+        pair_transform(space, j)
+
+
+def transform_orientation(
+    inputs: SearchInputs,
+    dft: torch.Tensor,
+    norms: torch.Tensor,
+    pixel_index: int,
+    space: Workspace,
+) -> None:
+    """Inverse-transform all D correlations of one projection into ``space``.
+
+    Parameters
+    ----------
+    dft : torch.Tensor
+        ``(H, W // 2 + 1)`` projection DFT.
+    norms : torch.Tensor
+        ``(D,)`` its filtered norms (used only to scale fp16 products).
+    """
+    paired_transforms(inputs, dft, pixel_index, space)
+    singles = int(inputs.filtered_image.shape[1])
+    if singles == 0:
+        return
+    conj = dft.conj().resolve_conj()
+    size = int(space.product.shape[0])
+    offset = 2 * inputs.n_pairs
+    for start in range(0, singles, size):
+        group = norms[offset + start : offset + start + size]
+        filtered_products(inputs, conj, group, pixel_index, space, start, True)
+        inverse_transforms(inputs, space, int(group.shape[0]), start)
+
+
+def fold_orientation(
+    inputs: SearchInputs,
+    space: Workspace,
+    norms: torch.Tensor,
+    first: int,
+    target: SearchStatistics | PairedStatistics,
+) -> None:
+    """Fold one orientation's D maps (in ``space``) into the running statistics."""
+    h, w = target.mip.shape[:2]
+    if inputs.precision == "fp16":  # maps normalised already
+        norms = torch.ones_like(norms)
+    pairs = 2 * inputs.n_pairs
+    if isinstance(target, PairedStatistics):
+        extra = None
+        if space.maps.shape[0]:
+            extra = (space.maps[0, :h, :w], norms[pairs])
+        target.update(
+            torch.view_as_real(space.pair_maps)[:, :h, :w],
+            norms[:pairs].reshape(-1, 2),
+            first,
+            extra,
+            fused=inputs.fused,
+        )
+    else:
+        target.update(space.maps[:, :h, :w], first, norms, fused=inputs.fused)
+
+
 def search_orientations(
     inputs: SearchInputs,
     rotations: torch.Tensor,
@@ -430,24 +792,23 @@ def search_orientations(
     crop : tuple[int, int], optional
         Accumulate only the top-left region (the unpadded micrograph).
     """
-    h, w = crop if crop is not None else inputs.image_shape
-    n_pixel, n_defocus = (int(n) for n in inputs.filtered_image.shape[:2])
+    crop = crop if crop is not None else inputs.image_shape
+    n_pixel, n_defocus = int(inputs.filtered_image.shape[0]), inputs.n_defocus
     space = workspace(inputs)
+    target: SearchStatistics | PairedStatistics = statistics
+    if inputs.n_pairs:
+        target = PairedStatistics.empty(crop, inputs.device)
     for pixel_index in range(n_pixel):
         # Slices for the whole batch at once (the slicer copies the template volume
         # once per call), image-size DFTs one orientation at a time (bounded memory).
         projections = project(inputs, rotations, inputs.pixel_scales[pixel_index])
         for b in range(projections.shape[0]):
-            dft = padded_dft(projections[b : b + 1], inputs.image_shape)
-            norms = filter_norms(inputs, dft, pixel_index)[0]
-            conj = dft[0].conj().resolve_conj()
-            size = int(space.product.shape[0])
-            for start in range(0, n_defocus, size):
-                group = norms[start : start + size]
-                filtered_products(inputs, conj, group, pixel_index, space, start, True)
-                inverse_transforms(inputs, space, int(group.shape[0]), start)
-            first = ((first_orientation + b) * n_pixel + pixel_index) * n_defocus
-            divisors = None if inputs.precision == "fp16" else norms
-            statistics.update(
-                space.maps[:, :h, :w], first, divisors, fused=inputs.fused
+            dft = padded_dft(
+                projections[b : b + 1], inputs.image_shape, space.spectrum, space.dft
             )
+            norms = orientation_norms(inputs, projections[b], dft, pixel_index)
+            transform_orientation(inputs, dft[0], norms, pixel_index, space)
+            first = ((first_orientation + b) * n_pixel + pixel_index) * n_defocus
+            fold_orientation(inputs, space, norms, first, target)
+    if isinstance(target, PairedStatistics):
+        target.fold_into(statistics)

@@ -29,6 +29,7 @@ import torch
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_worker
 
 from twodtm.errors import SearchFailedError
+from twodtm.hostmemory import retain_freed_memory
 from twodtm.memory import BatchFallback
 from twodtm.orientations import euler_to_matrix
 from twodtm.search.engine import SearchInputs, search_orientations
@@ -83,6 +84,7 @@ def run_chunk(
     task: SearchTask, chunk: Chunk, progress: ProgressCallback | None = None
 ) -> SearchStatistics:
     """Search one chunk from empty statistics; ``progress`` gets orientations done."""
+    retain_freed_memory()
     stats = SearchStatistics.empty(task.crop, task.inputs.device)
     with torch.inference_mode():
         for start in range(chunk.start, chunk.stop, task.batch_size):

@@ -62,7 +62,70 @@ def accumulate(
     sums.add_(q.sum(0))
     sums_sq.add_((q * q).sum(0))
     values, offsets = maps.max(dim=0)  # first maximum on ties
-    indices = offsets + first_index
+    _keep_running_max(mip, best_index, values, offsets + first_index)
+
+
+def accumulate_pairs(
+    mip: torch.Tensor,
+    best_index: torch.Tensor,
+    sums: torch.Tensor,
+    sums_sq: torch.Tensor,
+    pairs: torch.Tensor,
+    divisors: torch.Tensor,
+    first_index: torch.Tensor,
+    extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> None:
+    """Fold paired maps into interleaved ``(H, 2W)`` running maps, in place.
+
+    Parameters
+    ----------
+    mip, best_index, sums, sums_sq : torch.Tensor
+        ``(H, 2W)``: column ``2x + part`` holds pixel x of the maps of that part.
+    pairs : torch.Tensor
+        ``(n, H, 2W)`` float32, ``view_as_real`` of n complex maps (strided rows
+        are fine); map ``(k, part)`` has flat index ``first_index + 2k + part``.
+    divisors : torch.Tensor
+        ``(n, 2W)`` divisor of each column of each map (its map's norm).
+    first_index : torch.Tensor
+        0-d int64 flat index of map ``(0, 0)``.
+    extra : tuple of torch.Tensor, optional
+        One more ``(H, W)`` map and its 0-d divisor, index ``first_index + 2n``,
+        folded into the even columns (the odd defocus map left over by pairing).
+
+    Notes
+    -----
+    Everything is shaped ``(H, 2W)`` rather than ``(H, W, 2)``: the compiled
+    kernel vectorises along the last dimension, which must therefore be long.
+    """
+    n, width = pairs.shape[0], pairs.shape[2]
+    maps = pairs.to(torch.float32) / divisors[:, None, :]
+    q = torch.round(maps * QUANTUM_SCALE).to(torch.float64)
+    sums.add_(q.sum(0))
+    sums_sq.add_((q * q).sum(0))
+    values, rows = maps.max(dim=0)  # first maximum on ties
+    column = torch.arange(width, device=maps.device)
+    indices = rows * 2 + column % 2
+    if extra is not None:
+        single = extra[0].to(torch.float32)[:, column // 2] / extra[1]
+        even = column % 2 == 0
+        q_single = torch.round(single * QUANTUM_SCALE).to(torch.float64)
+        q_single = torch.where(even, q_single, 0.0)
+        sums.add_(q_single)
+        sums_sq.add_(q_single * q_single)
+        # Strict: the extra map has the highest index, so ties keep the others.
+        wins = even & (single > values)
+        values = torch.where(wins, single, values)
+        indices = torch.where(wins, 2 * n, indices)
+    _keep_running_max(mip, best_index, values, indices + first_index)
+
+
+def _keep_running_max(
+    mip: torch.Tensor,
+    best_index: torch.Tensor,
+    values: torch.Tensor,
+    indices: torch.Tensor,
+) -> None:
+    """Write the larger of (mip, values) in place; the lower index on ties."""
     better = (values > mip) | ((values == mip) & (indices < best_index))
     mip.copy_(torch.where(better, values, mip))
     best_index.copy_(torch.where(better, indices, best_index))
@@ -76,6 +139,12 @@ def fused_accumulate() -> _Accumulate:
     which pays off only for long searches (see ``search.engine.use_fused``).
     """
     return torch.compile(accumulate, dynamic=False, fullgraph=True)
+
+
+@cache
+def fused_accumulate_pairs() -> _Accumulate:
+    """``accumulate_pairs`` compiled into one kernel per shape (see above)."""
+    return torch.compile(accumulate_pairs, dynamic=False, fullgraph=True)
 
 
 @dataclass
@@ -217,3 +286,93 @@ def _keep_max(
     )
     stats.mip = torch.where(better, values, stats.mip)
     stats.best_index = torch.where(better, indices, stats.best_index)
+
+
+@dataclass
+class PairedStatistics:
+    """Running statistics of paired maps, part by part, before they are folded.
+
+    Paired transforms leave maps ``2j`` and ``2j + 1`` interleaved as the real and
+    imaginary parts of one complex array; reducing them into interleaved
+    ``(H, 2W)`` statistics is a plain pass over contiguous memory, where
+    combining the two parts at every update would cost a second pass (measured
+    3x slower). ``fold_into`` combines the parts once per batch of orientations.
+
+    Attributes
+    ----------
+    mip, best_index, sum, sum_sq : torch.Tensor
+        ``(H, 2W)`` as in ``SearchStatistics``; column ``2x + part``.
+    count : int
+        Correlations accumulated per pixel (both parts together).
+    """
+
+    mip: torch.Tensor
+    best_index: torch.Tensor
+    sum: torch.Tensor
+    sum_sq: torch.Tensor
+    count: int = 0
+
+    @classmethod
+    def empty(
+        cls, shape: tuple[int, int], device: torch.device | str = "cpu"
+    ) -> PairedStatistics:
+        """Statistics of no correlations for ``(H, W)`` maps."""
+        flat = SearchStatistics.empty((shape[0], shape[1] * 2), device)
+        return cls(flat.mip, flat.best_index, flat.sum, flat.sum_sq)
+
+    def update(
+        self,
+        pairs: torch.Tensor,
+        divisors: torch.Tensor,
+        first_index: int,
+        extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+        fused: bool = False,
+    ) -> None:
+        """Accumulate ``(n, H, W, 2)`` paired maps and an optional extra map.
+
+        Parameters
+        ----------
+        pairs : torch.Tensor
+            ``view_as_real`` of n complex maps (rows may be strided); map
+            ``(k, part)`` has flat index ``first_index + 2 k + part``.
+        divisors : torch.Tensor
+            ``(n, 2)`` divisors.
+        first_index : int
+            Flat search-space index of map ``(0, 0)``.
+        extra : tuple of torch.Tensor, optional
+            ``(H, W)`` map with index ``first_index + 2 n`` and its 0-d divisor.
+        fused : bool
+            Use the compiled one-pass kernel (bit-identical results).
+        """
+        n, h, w = (int(x) for x in pairs.shape[:3])
+        step = fused_accumulate_pairs() if fused else accumulate_pairs
+        first = torch.tensor(first_index, dtype=torch.int64, device=pairs.device)
+        columns = divisors[:, None, :].expand(n, w, 2).reshape(n, 2 * w)
+        step(
+            self.mip,
+            self.best_index,
+            self.sum,
+            self.sum_sq,
+            pairs.reshape(n, h, 2 * w),
+            columns,
+            first,
+            extra,
+        )
+        self.count += 2 * n + (0 if extra is None else 1)
+
+    def fold_into(self, stats: SearchStatistics) -> None:
+        """Add both parts to ``stats`` in place (lowest index on ties)."""
+        h, w = stats.shape
+        mip = self.mip.view(h, w, 2)
+        index = self.best_index.view(h, w, 2)
+        wins = (mip[..., 1] > mip[..., 0]) | (
+            (mip[..., 1] == mip[..., 0]) & (index[..., 1] < index[..., 0])
+        )
+        _keep_max(
+            stats,
+            torch.where(wins, mip[..., 1], mip[..., 0]),
+            torch.where(wins, index[..., 1], index[..., 0]),
+        )
+        stats.sum.add_(self.sum.view(h, w, 2).sum(-1))
+        stats.sum_sq.add_(self.sum_sq.view(h, w, 2).sum(-1))
+        stats.count += self.count

@@ -1,0 +1,17 @@
+"""Entry point of the ``twodtm`` command: prepares the process, then runs the CLI.
+
+The host-memory settings of ``twodtm.hostmemory`` must be in the environment
+before torch is loaded, which importing ``twodtm.cli`` does.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from twodtm.hostmemory import prepare_environment
+
+
+def main() -> None:
+    """Run the ``twodtm`` command line."""
+    prepare_environment()
+    importlib.import_module("twodtm.cli").main()

@@ -13,10 +13,10 @@ Example::
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 
-from twodtm.benchmark import EngineOptions, format_report, time_engine
-from twodtm.cli.bench_cmd import parse_image_size
+from twodtm.hostmemory import prepare_environment
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -37,12 +37,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    options = EngineOptions(
+    # before torch loads (see twodtm.hostmemory), as the command line does
+    prepare_environment()
+    benchmark = importlib.import_module("twodtm.benchmark")
+    parse_image_size = importlib.import_module("twodtm.cli.bench_cmd").parse_image_size
+    options = benchmark.EngineOptions(
         batch_size=args.batch_size, fused=not args.eager, precision=args.precision
     )
     records = []
     for size in args.image_size:
-        record = time_engine(
+        record = benchmark.time_engine(
             image_shape=parse_image_size(size),
             template_size=args.template_size,
             n_orientations=args.orientations,
@@ -54,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         records.append(record)
         if not args.json:
-            print(format_report(record), flush=True)
+            print(benchmark.format_report(record), flush=True)
     if args.json:
         print(json.dumps(records))
 

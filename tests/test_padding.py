@@ -1,5 +1,6 @@
 """An odd-shaped micrograph padded to FFT-friendly sizes gives the same peaks."""
 
+import pytest
 import torch
 
 from twodtm.ctf import Optics, ctf_stack
@@ -10,7 +11,12 @@ from twodtm.preprocess import (
     prepare_image,
     prepare_template,
 )
-from twodtm.search.engine import build_search_inputs, project, search_orientations
+from twodtm.search.engine import (
+    build_search_inputs,
+    pair_filters,
+    project,
+    search_orientations,
+)
 from twodtm.search.space import SearchSpace
 from twodtm.search.statistics import SearchStatistics
 
@@ -19,14 +25,15 @@ PEAKS = ((30, 25), (70, 60))
 OPTICS = Optics(pixel_size=1.0, defocus_u=5000.0, defocus_v=5000.0)
 
 
-def _search(image, volume, angles, pad):
+def _search(image, volume, angles, pad, defocus):
     space = SearchSpace(
         euler_angles=angles,
-        defocus_offsets=torch.tensor([0.0], dtype=torch.float64),
+        defocus_offsets=torch.tensor(defocus, dtype=torch.float64),
         pixel_sizes=torch.tensor([1.0], dtype=torch.float64),
     )
     prepared = prepare_image(image, 1.0, FilterSettings(), pad_to_fft_friendly=pad)
     inputs = build_search_inputs(prepare_template(volume), 32, prepared, OPTICS, space)
+    inputs = pair_filters(inputs)  # a no-op for one defocus value
     stats = SearchStatistics.empty(prepared.shape)
     with torch.inference_mode():
         search_orientations(
@@ -51,13 +58,16 @@ def _planted_image(volume, angles):
     return imaged / imaged.std() + 0.2 * torch.randn(SHAPE, generator=g)
 
 
-def test_padded_search_finds_the_same_peaks(blob):
+@pytest.mark.parametrize("defocus", [[0.0], [-300.0, 0.0, 300.0]])
+def test_padded_search_finds_the_same_peaks(blob, defocus):
+    """One defocus (real transforms), three (a pair cropped + one real map)."""
     angles = torch.tensor(
         [[0.0, 0.0, 0.0], [40.0, 60.0, 10.0], [120.0, 90.0, 200.0]], dtype=torch.float64
     )
     image = _planted_image(blob, angles)
-    padded, padded_inputs = _search(image, blob, angles, pad=True)
-    plain, plain_inputs = _search(image, blob, angles, pad=False)
+    padded, padded_inputs = _search(image, blob, angles, True, defocus)
+    plain, plain_inputs = _search(image, blob, angles, False, defocus)
+    assert padded_inputs.n_pairs == len(defocus) // 2
     assert padded_inputs.image_shape == (fft_friendly_size(101), fft_friendly_size(87))
     assert padded_inputs.image_shape != SHAPE and plain_inputs.image_shape == SHAPE
     assert padded.shape == plain.shape == SHAPE
@@ -66,6 +76,7 @@ def test_padded_search_finds_the_same_peaks(blob):
             window = stats.mip[y - 8 : y + 9, x - 8 : x + 9]
             flat = int(window.argmax())
             assert (flat // 17, flat % 17) == (8, 8)  # the peak is at the particle
-            assert int(stats.best_index[y, x]) == k  # with its orientation
+            # with its orientation, at the true defocus (offset 0)
+            assert int(stats.best_index[y, x]) == k * len(defocus) + len(defocus) // 2
         ratio = float(padded.mip[y, x] / plain.mip[y, x])
         assert abs(ratio - 1.0) < 0.1

@@ -64,24 +64,26 @@ def _paired_layout(maps: torch.Tensor) -> torch.Tensor:
 
 
 def test_paired_statistics_equal_plain_ones_including_ties():
-    """Pairs (and an odd extra map) folded part by part give the plain statistics."""
+    """Two orientations of 5 defocus maps each (2 pairs + 1 real), folded together."""
     g = torch.Generator().manual_seed(7)
-    maps = torch.randn((5, 20, 24), generator=g) * 3.0
-    divisors = torch.tensor([0.5, 1.0, 2.0, 0.5, 0.25])
-    maps[3, :4] = maps[0, :4]  # ties across parts: index 0 must win over 3
+    maps = torch.randn((10, 20, 24), generator=g) * 3.0  # index o * 5 + d
+    divisors = torch.tensor([0.5, 1.0, 2.0, 0.5, 0.25, 1.0, 2.0, 0.5, 1.0, 0.5])
+    maps[3, :4] = maps[0, :4] * 0.25  # ties across parts: index 0 wins over 3
     maps[4, 6:9] = maps[1, 6:9] / 4.0  # the extra map ties map 1: index 1 wins
+    maps[5, 14:16] = maps[4, 14:16] * 4.0  # orientation 1's pair ties extra 4: 4 wins
     maps[:, 12, :] = 0.75 * divisors[:, None]  # all equal: index 0
+    planes = torch.cat([_paired_layout(maps[0:4]), _paired_layout(maps[5:9])])
     plain = SearchStatistics.empty((20, 24))
     results = []
     for fused in (False, True):
         paired = PairedStatistics.empty((20, 24))
         folded = SearchStatistics.empty((20, 24))
-        for first in (10, 0, 5):
+        for first in (20, 0, 10):
             paired.update(
-                _paired_layout(maps[:4]),
-                divisors[:4].reshape(2, 2),
-                first,
-                (maps[4], divisors[4]),
+                planes,
+                torch.cat([divisors[0:4], divisors[5:9]]).reshape(4, 2),
+                first + torch.tensor([0, 2, 5, 7]),
+                (maps[[4, 9]], divisors[[4, 9]], first + torch.tensor([4, 9])),
                 fused=fused,
             )
             if not fused:
@@ -89,10 +91,12 @@ def test_paired_statistics_equal_plain_ones_including_ties():
         paired.fold_into(folded)
         results.append(folded)
     for folded in results:
-        assert folded.count == plain.count == 15
+        assert folded.count == plain.count == 30
         for name in ("mip", "best_index", "sum", "sum_sq"):
             assert torch.equal(getattr(folded, name), getattr(plain, name)), name
     assert torch.equal(plain.best_index[12], torch.zeros(24, dtype=torch.int64))
     scaled = maps / divisors[:, None, None]
-    tied = scaled[1, 6:9] == scaled[:, 6:9].max(0).values  # maps 1 and 4 both best
-    assert tied.any() and bool((plain.best_index[6:9][tied] == 1).all())
+    best = scaled.max(0).values
+    for rows, index in ((slice(6, 9), 1), (slice(14, 16), 4)):
+        tied = scaled[index, rows] == best[rows]
+        assert tied.any() and bool((plain.best_index[rows][tied] == index).all())

@@ -10,7 +10,7 @@ system time in a 170 ms complex transform. Two settings remove it:
   the environment before torch is imported (``prepare_environment``, called by the
   command line before anything imports torch, and inherited by worker processes);
 * glibc serves large blocks from its heap and keeps them when freed
-  (``mallopt(M_MMAP_MAX, 0)``, ``M_TRIM_THRESHOLD`` 2 GiB), so the next buffer
+  (``mallopt(M_MMAP_MAX, 0)``, ``M_TRIM_THRESHOLD`` -1: never trim), so the next buffer
   reuses pages already mapped (``retain_freed_memory``, called where a search
   starts). glibc still falls back to mmap where its heap cannot grow.
 
@@ -29,7 +29,7 @@ from functools import cache
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4
-_TRIM_THRESHOLD = 2**31 - 1  # the largest value mallopt takes (an int)
+_NEVER = -1  # M_TRIM_THRESHOLD -1 disables trimming (mallopt(3))
 
 
 def _enabled() -> bool:
@@ -63,4 +63,4 @@ def retain_freed_memory() -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):
         return False
-    return bool(mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD))
+    return bool(mallopt(_M_MMAP_MAX, 0) and mallopt(_M_TRIM_THRESHOLD, _NEVER))

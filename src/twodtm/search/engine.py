@@ -750,24 +750,31 @@ def fold_orientation(
     first: int,
     target: SearchStatistics | PairedStatistics,
 ) -> None:
-    """Fold one orientation's D maps (in ``space``) into the running statistics."""
-    h, w = target.mip.shape[:2]
+    """Fold one orientation's D maps (in ``space``) into the running statistics.
+
+    ``first`` is the flat index of the orientation's defocus 0; ``target`` covers
+    the top-left crop of the maps (the unpadded micrograph).
+    """
+    h = int(target.mip.shape[0])
     if inputs.precision == "fp16":  # maps normalised already
         norms = torch.ones_like(norms)
     pairs = 2 * inputs.n_pairs
+    indices = first + torch.arange(inputs.n_defocus, device=norms.device)
     if isinstance(target, PairedStatistics):
+        w = int(target.mip.shape[1]) // 2  # interleaved parts
         extra = None
         if space.maps.shape[0]:
-            extra = (space.maps[0, :h, :w], norms[pairs])
+            extra = (space.maps[:, :h, :w], norms[pairs:], indices[pairs:])
         target.update(
             torch.view_as_real(space.pair_maps)[:, :h, :w],
             norms[:pairs].reshape(-1, 2),
-            first,
+            indices[:pairs:2],
             extra,
             fused=inputs.fused,
         )
     else:
-        target.update(space.maps[:, :h, :w], first, norms, fused=inputs.fused)
+        w = int(target.mip.shape[1])
+        target.update(space.maps[:, :h, :w], indices, norms, fused=inputs.fused)
 
 
 def search_orientations(

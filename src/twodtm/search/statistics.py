@@ -34,7 +34,7 @@ def accumulate(
     sums_sq: torch.Tensor,
     correlations: torch.Tensor,
     divisors: torch.Tensor,
-    first_index: torch.Tensor,
+    indices: torch.Tensor,
 ) -> None:
     """Fold ``(n, H, W)`` correlations into the four running maps, in place.
 
@@ -48,8 +48,8 @@ def accumulate(
         before use; not modified.
     divisors : torch.Tensor
         ``(n,)`` float32 divisor of each map (the filtered projection norms).
-    first_index : torch.Tensor
-        0-d int64 flat index of map 0; map k has index ``first_index + k``.
+    indices : torch.Tensor
+        ``(n,)`` int64 increasing flat search-space index of each map.
 
     Notes
     -----
@@ -61,8 +61,8 @@ def accumulate(
     q = torch.round(maps * QUANTUM_SCALE).to(torch.float64)
     sums.add_(q.sum(0))
     sums_sq.add_((q * q).sum(0))
-    values, offsets = maps.max(dim=0)  # first maximum on ties
-    _keep_running_max(mip, best_index, values, offsets + first_index)
+    values, rows = maps.max(dim=0)  # first maximum on ties: the lowest index
+    _keep_running_max(mip, best_index, values, indices[rows])
 
 
 def accumulate_pairs(
@@ -72,8 +72,8 @@ def accumulate_pairs(
     sums_sq: torch.Tensor,
     pairs: torch.Tensor,
     divisors: torch.Tensor,
-    first_index: torch.Tensor,
-    extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+    indices: torch.Tensor,
+    extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
 ) -> None:
     """Fold paired maps into interleaved ``(H, 2W)`` running maps, in place.
 
@@ -83,40 +83,54 @@ def accumulate_pairs(
         ``(H, 2W)``: column ``2x + part`` holds pixel x of the maps of that part.
     pairs : torch.Tensor
         ``(n, H, 2W)`` float32, ``view_as_real`` of n complex maps (strided rows
-        are fine); map ``(k, part)`` has flat index ``first_index + 2k + part``.
+        are fine); map ``(k, part)`` has flat index ``indices[k] + part``.
     divisors : torch.Tensor
         ``(n, 2W)`` divisor of each column of each map (its map's norm).
-    first_index : torch.Tensor
-        0-d int64 flat index of map ``(0, 0)``.
+    indices : torch.Tensor
+        ``(n,)`` int64 increasing flat index of each complex map's real part.
     extra : tuple of torch.Tensor, optional
-        One more ``(H, W)`` map and its 0-d divisor, index ``first_index + 2n``,
-        folded into the even columns (the odd defocus map left over by pairing).
+        ``(m, H, W)`` more real maps (the odd defocus map of each orientation),
+        their ``(m,)`` divisors and ``(m,)`` flat indices; folded into the even
+        columns.
 
     Notes
     -----
     Everything is shaped ``(H, 2W)`` rather than ``(H, W, 2)``: the compiled
     kernel vectorises along the last dimension, which must therefore be long.
     """
-    n, width = pairs.shape[0], pairs.shape[2]
+    width = pairs.shape[2]
     maps = pairs.to(torch.float32) / divisors[:, None, :]
     q = torch.round(maps * QUANTUM_SCALE).to(torch.float64)
     sums.add_(q.sum(0))
     sums_sq.add_((q * q).sum(0))
     values, rows = maps.max(dim=0)  # first maximum on ties
     column = torch.arange(width, device=maps.device)
-    indices = rows * 2 + column % 2
+    best = indices[rows] + column % 2
     if extra is not None:
-        single = extra[0].to(torch.float32)[:, column // 2] / extra[1]
         even = column % 2 == 0
+        single = extra[0].to(torch.float32)[:, :, column // 2] / extra[1][:, None, None]
         q_single = torch.round(single * QUANTUM_SCALE).to(torch.float64)
         q_single = torch.where(even, q_single, 0.0)
-        sums.add_(q_single)
-        sums_sq.add_(q_single * q_single)
-        # Strict: the extra map has the highest index, so ties keep the others.
-        wins = even & (single > values)
-        values = torch.where(wins, single, values)
-        indices = torch.where(wins, 2 * n, indices)
-    _keep_running_max(mip, best_index, values, indices + first_index)
+        sums.add_(q_single.sum(0))
+        sums_sq.add_((q_single * q_single).sum(0))
+        single_values, single_rows = single.max(dim=0)
+        single_best = extra[2][single_rows]
+        wins = even & (
+            (single_values > values)
+            | ((single_values == values) & (single_best < best))
+        )
+        values = torch.where(wins, single_values, values)
+        best = torch.where(wins, single_best, best)
+    _keep_running_max(mip, best_index, values, best)
+
+
+def _map_indices(
+    first: int | torch.Tensor, n: int, device: torch.device
+) -> torch.Tensor:
+    """``(n,)`` int64 flat indices: ``first + k``, or ``first`` itself if a tensor."""
+    if isinstance(first, torch.Tensor):
+        return first.to(device=device, dtype=torch.int64)
+    return first + torch.arange(n, dtype=torch.int64, device=device)
 
 
 def _keep_running_max(
@@ -190,28 +204,30 @@ class SearchStatistics:
     def update(
         self,
         correlations: torch.Tensor,
-        first_index: int,
+        first_index: int | torch.Tensor,
         divisors: torch.Tensor | None = None,
         fused: bool = False,
     ) -> None:
-        """Accumulate ``(n, H, W)`` correlations with flat indices ``first_index + k``.
+        """Accumulate ``(n, H, W)`` correlations.
 
         Parameters
         ----------
         correlations : torch.Tensor
             ``(n, H, W)`` maps (a strided view is fine); not modified.
-        first_index : int
-            Flat search-space index of map 0.
+        first_index : int or torch.Tensor
+            Flat search-space index of map 0 (map k has ``first_index + k``), or
+            the ``(n,)`` increasing int64 indices of all maps.
         divisors : torch.Tensor, optional
             ``(n,)`` values the maps are divided by first (default 1).
         fused : bool
             Use the compiled one-pass kernel (bit-identical results).
         """
         n = int(correlations.shape[0])
+        device = correlations.device
         if divisors is None:
-            divisors = torch.ones(n, device=correlations.device)
+            divisors = torch.ones(n, device=device)
+        indices = _map_indices(first_index, n, device)
         step = fused_accumulate() if fused else accumulate
-        first = torch.tensor(first_index, dtype=torch.int64, device=correlations.device)
         step(
             self.mip,
             self.best_index,
@@ -219,7 +235,7 @@ class SearchStatistics:
             self.sum_sq,
             correlations,
             divisors,
-            first,
+            indices,
         )
         self.count += n
 
@@ -324,29 +340,28 @@ class PairedStatistics:
         self,
         pairs: torch.Tensor,
         divisors: torch.Tensor,
-        first_index: int,
-        extra: tuple[torch.Tensor, torch.Tensor] | None = None,
+        indices: torch.Tensor,
+        extra: tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None = None,
         fused: bool = False,
     ) -> None:
-        """Accumulate ``(n, H, W, 2)`` paired maps and an optional extra map.
+        """Accumulate ``(n, H, W, 2)`` paired maps and optional extra real maps.
 
         Parameters
         ----------
         pairs : torch.Tensor
             ``view_as_real`` of n complex maps (rows may be strided); map
-            ``(k, part)`` has flat index ``first_index + 2 k + part``.
+            ``(k, part)`` has flat index ``indices[k] + part``.
         divisors : torch.Tensor
             ``(n, 2)`` divisors.
-        first_index : int
-            Flat search-space index of map ``(0, 0)``.
+        indices : torch.Tensor
+            ``(n,)`` increasing int64 flat index of each map's real part.
         extra : tuple of torch.Tensor, optional
-            ``(H, W)`` map with index ``first_index + 2 n`` and its 0-d divisor.
+            ``(m, H, W)`` real maps, their ``(m,)`` divisors and flat indices.
         fused : bool
             Use the compiled one-pass kernel (bit-identical results).
         """
         n, h, w = (int(x) for x in pairs.shape[:3])
         step = fused_accumulate_pairs() if fused else accumulate_pairs
-        first = torch.tensor(first_index, dtype=torch.int64, device=pairs.device)
         columns = divisors[:, None, :].expand(n, w, 2).reshape(n, 2 * w)
         step(
             self.mip,
@@ -355,10 +370,10 @@ class PairedStatistics:
             self.sum_sq,
             pairs.reshape(n, h, 2 * w),
             columns,
-            first,
+            indices,
             extra,
         )
-        self.count += 2 * n + (0 if extra is None else 1)
+        self.count += 2 * n + (0 if extra is None else int(extra[0].shape[0]))
 
     def fold_into(self, stats: SearchStatistics) -> None:
         """Add both parts to ``stats`` in place (lowest index on ties)."""

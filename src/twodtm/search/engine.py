@@ -755,13 +755,12 @@ def fold_orientation(
     ``first`` is the flat index of the orientation's defocus 0; ``target`` covers
     the top-left crop of the maps (the unpadded micrograph).
     """
-    h = int(target.mip.shape[0])
+    h, w = target.shape
     if inputs.precision == "fp16":  # maps normalised already
         norms = torch.ones_like(norms)
     pairs = 2 * inputs.n_pairs
     indices = first + torch.arange(inputs.n_defocus, device=norms.device)
     if isinstance(target, PairedStatistics):
-        w = int(target.mip.shape[1]) // 2  # interleaved parts
         extra = None
         if space.maps.shape[0]:
             extra = (space.maps[:, :h, :w], norms[pairs:], indices[pairs:])
@@ -773,7 +772,6 @@ def fold_orientation(
             fused=inputs.fused,
         )
     else:
-        w = int(target.mip.shape[1])
         target.update(space.maps[:, :h, :w], indices, norms, fused=inputs.fused)
 
 

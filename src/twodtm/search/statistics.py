@@ -316,25 +316,25 @@ class PairedStatistics:
 
     Attributes
     ----------
-    mip, best_index, sum, sum_sq : torch.Tensor
-        ``(H, 2W)`` as in ``SearchStatistics``; column ``2x + part``.
-    count : int
-        Correlations accumulated per pixel (both parts together).
+    interleaved : SearchStatistics
+        ``(H, 2W)`` statistics; column ``2x + part`` holds pixel x of that part's
+        maps, and ``count`` all maps of both parts.
     """
 
-    mip: torch.Tensor
-    best_index: torch.Tensor
-    sum: torch.Tensor
-    sum_sq: torch.Tensor
-    count: int = 0
+    interleaved: SearchStatistics
 
     @classmethod
     def empty(
         cls, shape: tuple[int, int], device: torch.device | str = "cpu"
     ) -> PairedStatistics:
         """Statistics of no correlations for ``(H, W)`` maps."""
-        flat = SearchStatistics.empty((shape[0], shape[1] * 2), device)
-        return cls(flat.mip, flat.best_index, flat.sum, flat.sum_sq)
+        return cls(SearchStatistics.empty((shape[0], shape[1] * 2), device))
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Shape ``(H, W)`` of the maps (half the interleaved width)."""
+        h, w = self.interleaved.shape
+        return (h, w // 2)
 
     def update(
         self,
@@ -363,23 +363,25 @@ class PairedStatistics:
         n, h, w = (int(x) for x in pairs.shape[:3])
         step = fused_accumulate_pairs() if fused else accumulate_pairs
         columns = divisors[:, None, :].expand(n, w, 2).reshape(n, 2 * w)
+        stats = self.interleaved
         step(
-            self.mip,
-            self.best_index,
-            self.sum,
-            self.sum_sq,
+            stats.mip,
+            stats.best_index,
+            stats.sum,
+            stats.sum_sq,
             pairs.reshape(n, h, 2 * w),
             columns,
             indices,
             extra,
         )
-        self.count += 2 * n + (0 if extra is None else int(extra[0].shape[0]))
+        stats.count += 2 * n + (0 if extra is None else int(extra[0].shape[0]))
 
     def fold_into(self, stats: SearchStatistics) -> None:
         """Add both parts to ``stats`` in place (lowest index on ties)."""
         h, w = stats.shape
-        mip = self.mip.view(h, w, 2)
-        index = self.best_index.view(h, w, 2)
+        mine = self.interleaved
+        mip = mine.mip.view(h, w, 2)
+        index = mine.best_index.view(h, w, 2)
         wins = (mip[..., 1] > mip[..., 0]) | (
             (mip[..., 1] == mip[..., 0]) & (index[..., 1] < index[..., 0])
         )
@@ -388,6 +390,6 @@ class PairedStatistics:
             torch.where(wins, mip[..., 1], mip[..., 0]),
             torch.where(wins, index[..., 1], index[..., 0]),
         )
-        stats.sum.add_(self.sum.view(h, w, 2).sum(-1))
-        stats.sum_sq.add_(self.sum_sq.view(h, w, 2).sum(-1))
-        stats.count += self.count
+        stats.sum.add_(mine.sum.view(h, w, 2).sum(-1))
+        stats.sum_sq.add_(mine.sum_sq.view(h, w, 2).sum(-1))
+        stats.count += mine.count

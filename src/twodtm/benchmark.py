@@ -150,7 +150,7 @@ def _multiply_all(
     conj = dft.conj().resolve_conj()
     for start in range(0, int(inputs.filtered_image.shape[1]), max(group, 1)):
         chunk = norms[offset + start : offset + start + group]
-        filtered_products(inputs, conj, chunk, 0, space, start, True)
+        filtered_products(inputs, conj, chunk, 0, space, start)
 
 
 def _invert_all(inputs: SearchInputs, space: Workspace) -> None:

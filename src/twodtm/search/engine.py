@@ -3,11 +3,14 @@
 Per orientation batch the engine extracts Fourier slices of the template
 (torch-fourier-slice), transforms each projection once to the image size with a
 pruned FFT, and then, for every filter f (defocus x pixel size), multiplies by the
-image DFT pre-multiplied by that filter and inverse transforms into a buffer reused
-for every orientation. The maps of all filters of one orientation are then divided by
-the filtered projections' norms (Parseval, exact, as one matrix product) and folded
-into the statistics in one pass (``SearchStatistics.update``, fused when
-``SearchInputs.fused``). Everything runs on the device of the input tensors.
+image DFT pre-multiplied by that filter and inverse transforms into buffers reused
+for every orientation. With ``pair_filters`` (the CPU default) two defocus filters
+share one complex inverse FFT, their maps being its real and imaginary parts. The
+maps of all filters of one orientation are divided by the filtered projections'
+norms (exact, from the projection's autocorrelation: ``lag_kernels``) and folded
+into the statistics in one pass (``SearchStatistics.update`` or, for pairs,
+``PairedStatistics.update``; compiled when ``SearchInputs.fused``). Everything runs
+on the device of the input tensors.
 
 ``SearchInputs.precision == "fp16"`` (CUDA only) runs the inverse FFT in half
 precision: the product is pre-scaled by ``1 / (H W norm)`` so that every value of the
@@ -613,19 +616,19 @@ def workspace(inputs: SearchInputs) -> Workspace:
 
 def filtered_products(
     inputs: SearchInputs,
-    dft: torch.Tensor,
+    conj: torch.Tensor,
     norms: torch.Tensor,
     pixel_index: int,
     space: Workspace,
     first_filter: int = 0,
-    conjugated: bool = False,
 ) -> torch.Tensor:
-    """Multiply unpaired filtered images by ``conj(dft)`` into ``space.product``.
+    """Multiply unpaired filtered images by ``conj`` into ``space.product``.
 
     Unpaired filters ``first_filter`` to ``first_filter + G`` (G = the workspace's
-    size) of pixel size ``pixel_index``; ``norms`` holds those G filters' norms.
-    In fp16 the product is also scaled by ``1 / (H W norms)`` (see the module
-    notes). Pass ``conjugated=True`` when ``dft`` already holds the conjugate.
+    size) of pixel size ``pixel_index``; ``conj`` is the projection DFT's
+    conjugate (materialised once per orientation), ``norms`` those G filters'
+    norms. In fp16 the product is also scaled by ``1 / (H W norms)`` (see the
+    module notes).
 
     Returns
     -------
@@ -635,12 +638,11 @@ def filtered_products(
     group = int(space.product.shape[0])
     filtered = inputs.filtered_image[pixel_index, first_filter : first_filter + group]
     product = space.product[: filtered.shape[0]]
-    other = dft if conjugated else dft.conj().resolve_conj()
     if inputs.precision == "fp16":
         h, w = inputs.image_shape
         scale = (1.0 / (norms * (h * w)))[:, None, None]
-        return product.copy_(filtered * other * scale)
-    return torch.mul(filtered, other, out=product)
+        return product.copy_(filtered * conj * scale)
+    return torch.mul(filtered, conj, out=product)
 
 
 def inverse_transforms(
@@ -739,7 +741,7 @@ def transform_orientation(
     offset = 2 * inputs.n_pairs
     for start in range(0, singles, size):
         group = norms[offset + start : offset + start + size]
-        filtered_products(inputs, conj, group, pixel_index, space, start, True)
+        filtered_products(inputs, conj, group, pixel_index, space, start)
         inverse_transforms(inputs, space, int(group.shape[0]), start)
 
 

@@ -11,7 +11,8 @@ through ``torch.compile`` (C++ on the CPU, Triton on CUDA): every pixel is read
 once and the running maximum, its index and both sums are written in place. Its
 sums are bit-identical to the eager path's because every term is an integer-valued
 float64 (exact in any order), and its maximum keeps the first index on ties, as
-``max(dim=0)`` does.
+``max(dim=0)`` does. Maps carry explicit flat indices, so paired maps (two per
+complex transform, ``PairedStatistics``) obey the same rules.
 """
 
 from __future__ import annotations

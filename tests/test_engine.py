@@ -14,9 +14,9 @@ from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
 from twodtm.search.engine import (
     build_search_inputs,
     correlate,
-    filter_norms,
     full_grid,
-    lag_kernels,
+    has_lag_room,
+    orientation_norms,
     padded_dft,
     pair_filters,
     project,
@@ -211,8 +211,9 @@ def test_paired_correlations_equal_real_ones(blob, n_defocus):
     paired = pair_filters(inputs)
     assert paired.n_pairs == n_defocus // 2 and paired.n_defocus == n_defocus
     rotation = euler_to_matrix(torch.tensor([[30.0, 60.0, 10.0]], dtype=torch.float64))
-    dft = padded_dft(project(inputs, rotation, 1.0), (60, 70))
-    norms = filter_norms(inputs, dft, 0)[0]
+    box = project(inputs, rotation, 1.0)
+    dft = padded_dft(box, (60, 70))
+    norms = orientation_norms(inputs, box[0], dft, 0)
     expected = torch.stack(
         [
             torch.fft.irfft2(f * dft[0].conj(), s=(60, 70)) / n
@@ -224,9 +225,11 @@ def test_paired_correlations_equal_real_ones(blob, n_defocus):
         torch.testing.assert_close(got, expected, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize(("shape", "size"), [((70, 80), 32), ((49, 64), 25)])
-def test_norms_from_lag_kernels_equal_norms_from_the_image_grid(shape, size):
-    """Autocorrelation x lag kernel norms against the full-grid Parseval sums."""
+# Odd widths: an even width's Nyquist column holds an astigmatic CTF that is not
+# Hermitian, where "the filtered projection" depends on the convention used.
+@pytest.mark.parametrize(("shape", "size"), [((70, 81), 32), ((49, 65), 25)])
+def test_norms_from_lag_kernels_equal_real_space_norms(shape, size):
+    """Autocorrelation x lag kernel norms against filtered projections' norms."""
     g = torch.Generator().manual_seed(11)
     volume = masked_blob(torch.randn((size,) * 3, generator=g))
     image = prepare_image(noisy_image(shape, seed=4), 1.0, FilterSettings(), False)
@@ -237,12 +240,31 @@ def test_norms_from_lag_kernels_equal_norms_from_the_image_grid(shape, size):
     rotations = euler_to_matrix(small_space().euler_angles[:4])
     boxes = project(inputs, rotations, 1.0)
     dfts = padded_dft(boxes, shape)
-    expected = filter_norms(inputs, dfts, 0)
+    filters = ctf_stack(OPTICS, small_space().defocus_offsets.float(), shape, 1.0)
+    filtered = torch.fft.irfft2(
+        dfts[:, None] * filters * image.template_filter, s=shape
+    )  # (B, D, H, W): each filtered projection in real space
+    expected = filtered.double().square().sum((-2, -1)).sqrt().float()
     got = torch.stack([projection_norms(inputs, box, 0) for box in boxes])
     torch.testing.assert_close(got, expected, rtol=2e-4, atol=0.0)
 
 
+def test_small_images_get_norms_from_the_image_grid(blob):
+    """Below 2t - 1 pixels the lag kernels would wrap: Parseval weights instead."""
+    image = prepare_image(noisy_image((50, 71), seed=4), 1.0, FilterSettings(), False)
+    inputs = build_search_inputs(
+        prepare_template(blob), 32, image, OPTICS, small_space()
+    )
+    assert inputs.norm_kernels is None and inputs.norm_weights is not None
+    box = project(inputs, euler_to_matrix(small_space().euler_angles[:1]), 1.0)
+    dft = padded_dft(box, (50, 71))
+    filters = ctf_stack(OPTICS, small_space().defocus_offsets.float(), (50, 71), 1.0)
+    filtered = torch.fft.irfft2(dft * filters * image.template_filter, s=(50, 71))
+    expected = filtered.double().square().sum((-2, -1)).sqrt().float()
+    got = orientation_norms(inputs, box[0], dft, 0)
+    torch.testing.assert_close(got, expected, rtol=2e-4, atol=0.0)
+
+
 def test_lag_kernels_need_room_for_every_lag():
-    filters = torch.ones((2, 40, 21))
-    assert lag_kernels(filters, (40, 40), 21) is None  # lags up to 20 wrap
-    assert lag_kernels(filters, (40, 40), 20) is not None
+    assert not has_lag_room((40, 40), 21)  # lags up to 20 would wrap
+    assert has_lag_room((40, 40), 20) and not has_lag_room((38, 80), 20)

@@ -51,8 +51,9 @@ from twodtm.refine import (
 from twodtm.search.engine import (
     build_search_inputs,
     correlate,
-    filter_norms,
-    projection_dfts,
+    orientation_norms,
+    padded_dft,
+    project,
     search_orientations,
 )
 from twodtm.search.space import SearchSpace
@@ -143,8 +144,9 @@ def test_box_correlation_equals_full_image_correlation(simulated):
     )
     template = make_template(volume, 1.0)
     inputs = build_search_inputs(template.dft, 32, prepared, optics, space)
-    dft = projection_dfts(inputs, euler_to_matrix(angles), 0)
-    full = correlate(inputs, dft[0], filter_norms(inputs, dft, 0)[0], 0)[0]
+    box = project(inputs, euler_to_matrix(angles), inputs.pixel_scales[0])
+    dft = padded_dft(box, inputs.image_shape)
+    full = correlate(inputs, dft[0], orientation_norms(inputs, box[0], dft, 0), 0)[0]
     iy, ix = round(row.y), round(row.x)
     # Box: the same pose, integer position, no search.
     micrograph = prepare_micrograph(image, OPTICS, FilterSettings(), pad=False)
@@ -329,8 +331,9 @@ def reference_pass(
     masked = torch.where(window_mask(w, settings.max_shift), stats.mip, -torch.inf)
     row, column = divmod(int(torch.argmax(masked)), w)
     o, p, d = (int(v) for v in space.decode(stats.best_index[row, column]))
-    dft = projection_dfts(inputs, rotations[o : o + 1], p)
-    peak = correlate(inputs, dft[0], filter_norms(inputs, dft, p)[0], p)[d]
+    box = project(inputs, rotations[o : o + 1], inputs.pixel_scales[p])
+    dft = padded_dft(box, inputs.image_shape)
+    peak = correlate(inputs, dft[0], orientation_norms(inputs, box[0], dft, p), p)[d]
     d_row = _vertex(*(float(peak[row + k, column]) for k in (-1, 0, 1)))
     d_column = _vertex(*(float(peak[row, column + k]) for k in (-1, 0, 1)))
     phi, theta, psi = space.euler_angles[o].tolist()

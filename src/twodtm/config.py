@@ -236,7 +236,7 @@ class Compute(_Strict):
     precision: Literal["fp32", "fp16"] = "fp32"
     # Compiled one-pass statistics (same bits); auto: on CUDA and for long CPU runs.
     fused_statistics: bool | Literal["auto"] = "auto"
-    # Two defocus maps per complex inverse FFT; auto: on the CPU (1.5-2x faster
+    # Two defocus maps per complex inverse FFT; auto: on the CPU (1.3-1.7x faster
     # there), not on CUDA; never with fp16. Changes the last bits of the maps.
     paired_transforms: bool | Literal["auto"] = "auto"
 

@@ -241,6 +241,7 @@ def window_correlations(
         ``(N, m, S, D, size, size)`` float32; window pixel ``(r, r)`` is the
         particle's start position.
     """
+    assert inputs.norm_weights is not None  # batch_inputs always builds them
     n, m = int(rotations.shape[0]), int(rotations.shape[1])
     n_pixel = int(inputs.filtered_image.shape[0]) // n
     scales = torch.tensor(

@@ -51,10 +51,12 @@ class SearchInputs:
     filtered_image : torch.Tensor
         ``(P, D, H, W // 2 + 1)`` complex64: the whitened image DFT times each
         template filter (CTF x whitening x bandpass), which is real.
-    norm_weights : torch.Tensor
+    norm_weights : torch.Tensor or None
         ``(P, D, K)`` float32 with ``K = H * (W // 2 + 1)``: squared filters times
         the rfft Parseval weights over ``H * W``, so ``norm_weights[p] @ |P|^2``
-        is the squared norm of each filtered projection in real space.
+        is the squared norm of each filtered projection in real space. Built only
+        where ``norm_kernels`` cannot be (None otherwise: at 4096^2 and 13 defocus
+        values they would hold 437 MB per pixel size).
     pixel_scales : tuple[float, ...]
         Per pixel size, the factor on slice frequencies (template / micrograph px).
     image_shape : tuple[int, int]
@@ -71,8 +73,8 @@ class SearchInputs:
     norm_kernels : torch.Tensor, optional
         ``(P, D, 4 t^2)`` float32: each filter's squared response as a function
         of the lag, on the ``(2t, 2t)`` circular lag grid (see ``lag_kernels``);
-        None when the image is smaller than ``2t - 1`` (norms then come from
-        ``norm_weights``).
+        None when the image is smaller than ``2t - 1`` in either dimension
+        (``has_lag_room``; norms then come from ``norm_weights``).
     paired_image : torch.Tensor, optional
         ``(P, D2, H, W)`` complex64 on the full DFT grid: filtered images
         ``F[2j] + i F[2j + 1]`` of defocus pairs (see ``pair_filters``). When set,
@@ -82,7 +84,7 @@ class SearchInputs:
     template_dft: torch.Tensor
     template_size: int
     filtered_image: torch.Tensor
-    norm_weights: torch.Tensor
+    norm_weights: torch.Tensor | None
     pixel_scales: tuple[float, ...]
     image_shape: tuple[int, int]
     precision: Precision = "fp32"
@@ -168,41 +170,50 @@ def build_search_inputs(
     template_px = (
         optics.pixel_size if template_pixel_size is None else template_pixel_size
     )
-    filtered, weights, kernels, scales = [], [], [], []
+    by_lag = has_lag_room(shape, template_size)
+    filtered, norms, scales = [], [], []
     offsets = space.defocus_offsets.to(device=device, dtype=torch.float32)
     parseval = parseval_weights(shape, device)
     for pixel_size in space.pixel_sizes.tolist():
         filters = ctf_stack(optics, offsets, shape, pixel_size) * image.template_filter
         filtered.append(image.whitened_dft * filters)
-        weights.append((filters.square() * parseval).flatten(1))
-        kernels.append(lag_kernels(filters, shape, template_size))
+        if by_lag:
+            norms.append(lag_kernels(filters, shape, template_size))
+        else:
+            norms.append((filters.square() * parseval).flatten(1))
         scales.append(template_px / pixel_size)
+    stacked = torch.stack(norms).to(torch.float32)
     return SearchInputs(
         template_dft=template_dft,
         template_size=template_size,
         filtered_image=torch.stack(filtered).to(torch.complex64),
-        norm_weights=torch.stack(weights).to(torch.float32),
+        norm_weights=None if by_lag else stacked,
         pixel_scales=tuple(scales),
         image_shape=shape,
-        norm_kernels=_stack_or_none(kernels),
+        norm_kernels=stacked if by_lag else None,
     )
 
 
-def _stack_or_none(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
-    present = [t for t in tensors if t is not None]
-    return torch.stack(present) if len(present) == len(tensors) else None
+def has_lag_room(shape: tuple[int, int], template_size: int) -> bool:
+    """Whether every lag of a t-pixel box's autocorrelation fits in the image once.
+
+    Lags reach ``t - 1`` each way, so ``H`` and ``W`` must be at least ``2t - 1``
+    (else lags would wrap around the image and ``lag_kernels`` would be wrong).
+    """
+    return min(shape) >= 2 * template_size - 1
 
 
 def lag_kernels(
     filters: torch.Tensor, shape: tuple[int, int], template_size: int
-) -> torch.Tensor | None:
+) -> torch.Tensor:
     """Squared filter responses by lag, for norms from a projection's autocorrelation.
 
     A projection p filtered by F has ``sum((F * p)^2) = sum_x a(x) g(x)``, with a
     the autocorrelation of p and ``g = irfft2(F^2)`` (Parseval). A t-pixel box
     has ``a(x) = 0`` beyond ``|x| < t`` per axis, so g is needed only at those
     lags: norms then cost a ``(2t)^2`` dot product instead of a pass over the
-    whole ``(H, W // 2 + 1)`` grid.
+    whole ``(H, W // 2 + 1)`` grid. At an even width's Nyquist column ``irfft2``
+    keeps the Hermitian part of ``F^2``, as it does of the maps there.
 
     Parameters
     ----------
@@ -215,15 +226,12 @@ def lag_kernels(
 
     Returns
     -------
-    torch.Tensor or None
+    torch.Tensor
         ``(D, 4 t^2)`` float32, lag ``(dy, dx)`` at ``(dy mod 2t, dx mod 2t)`` of
-        a ``(2t, 2t)`` grid (0 at lag t); None if ``H`` or ``W < 2t - 1`` (lags
-        would wrap around the image).
+        a ``(2t, 2t)`` grid (0 at lag t). Needs ``has_lag_room(shape, t)``.
     """
     h, w = shape
     t = template_size
-    if h < 2 * t - 1 or w < 2 * t - 1:
-        return None
     lags = torch.arange(-(t - 1), t, device=filters.device)
     rows, columns = (lags % h)[:, None], (lags % w)[None, :]
     slots = lags % (2 * t)
@@ -270,9 +278,14 @@ def mirrored_half(half: torch.Tensor, width: int) -> torch.Tensor:
         for full-grid column ``c' = W // 2 + 1 + c``; the full DFT there is its
         complex conjugate (Hermitian symmetry).
     """
-    h = half.shape[-2]
-    rows = (-torch.arange(h, device=half.device)) % h
+    rows = _negated_rows(half)
     return half[..., rows, 1 : width - half.shape[-1] + 1].flip(-1)
+
+
+def _negated_rows(half: torch.Tensor) -> torch.Tensor:
+    """Row index of frequency ``-ky`` for every row ``ky`` of a DFT grid."""
+    h = half.shape[-2]
+    return (-torch.arange(h, device=half.device)) % h
 
 
 def full_grid(half: torch.Tensor, width: int) -> torch.Tensor:
@@ -296,19 +309,17 @@ def hermitian_nyquist(half: torch.Tensor, width: int) -> torch.Tensor:
     """
     half = half.clone()
     if width % 2 == 0:
-        h = half.shape[-2]
-        rows = (-torch.arange(h, device=half.device)) % h
         column = half[..., width // 2]
-        half[..., width // 2] = 0.5 * (column + column[..., rows].conj())
+        half[..., width // 2] = 0.5 * (column + column[..., _negated_rows(half)].conj())
     return half
 
 
 def pair_filters(inputs: SearchInputs) -> SearchInputs:
     """Pair defocus filters so that one complex inverse FFT yields two maps.
 
-    For real maps ``a`` and ``b``, ``ifft2(A + iB) = a + ib``; one complex
-    transform of the full grid measured 1.5x (1024^2) to 2.1x (4096^2) faster per
-    map than one ``irfft2`` each on the CPU. Filters ``2j`` and ``2j + 1`` become
+    For real maps ``a`` and ``b``, ``ifft2(A + iB) = a + ib``; on this project's
+    CPU one complex transform of the full grid costs 0.6-0.75x per map what one
+    ``irfft2`` each does (1024^2 and 4096^2). Filters ``2j`` and ``2j + 1`` become
     pair j; an odd last filter stays in ``filtered_image`` (real transform).
 
     Returns
@@ -413,19 +424,15 @@ def padded_dft(
     return torch.fft.fft(full, dim=-2, out=out)
 
 
-def projection_dfts(
-    inputs: SearchInputs, rotations: torch.Tensor, pixel_index: int
-) -> torch.Tensor:
-    """Image-size DFTs ``(B, H, W // 2 + 1)`` of the projections at one pixel size."""
-    return padded_dft(
-        project(inputs, rotations, inputs.pixel_scales[pixel_index]), inputs.image_shape
-    )
-
-
 def filter_norms(
     inputs: SearchInputs, dfts: torch.Tensor, pixel_index: int
 ) -> torch.Tensor:
-    """Real-space norms ``(B, D)`` of every projection under every defocus filter."""
+    """Real-space norms ``(B, D)`` of every projection under every defocus filter.
+
+    Needs ``inputs.norm_weights``, built where the image is too small for
+    ``norm_kernels`` (``orientation_norms`` picks whichever the inputs hold).
+    """
+    assert inputs.norm_weights is not None
     # |P|^2 as the real part of P conj(P): one pass, no square root (as abs() has).
     power = (dfts * dfts.conj()).real.flatten(1)
     squared = inputs.norm_weights[pixel_index] @ power.T  # (D, K) @ (K, B): a GEMV
@@ -462,9 +469,9 @@ def correlate(
     Parameters
     ----------
     dft : torch.Tensor
-        ``(H, W // 2 + 1)`` projection DFT from ``projection_dfts``.
+        ``(H, W // 2 + 1)`` projection DFT from ``padded_dft``.
     norms : torch.Tensor
-        ``(D,)`` its filtered norms from ``filter_norms``.
+        ``(D,)`` its filtered norms from ``orientation_norms``.
     """
     space = workspace(inputs)
     transform_orientation(inputs, dft, norms, pixel_index, space)

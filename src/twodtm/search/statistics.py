@@ -59,9 +59,7 @@ def accumulate(
     integers stay exact (hence order-free) while below ``2**53``.
     """
     maps = correlations.to(torch.float32) / divisors[:, None, None]
-    q = torch.round(maps * QUANTUM_SCALE).to(torch.float64)
-    sums.add_(q.sum(0))
-    sums_sq.add_((q * q).sum(0))
+    _add_quantised(sums, sums_sq, maps)
     values, rows = maps.max(dim=0)  # first maximum on ties: the lowest index
     _keep_running_max(mip, best_index, values, indices[rows])
 
@@ -101,9 +99,7 @@ def accumulate_pairs(
     """
     width = pairs.shape[2]
     maps = pairs.to(torch.float32) / divisors[:, None, :]
-    q = torch.round(maps * QUANTUM_SCALE).to(torch.float64)
-    sums.add_(q.sum(0))
-    sums_sq.add_((q * q).sum(0))
+    _add_quantised(sums, sums_sq, maps)
     values, rows = maps.max(dim=0)  # first maximum on ties
     column = torch.arange(width, device=maps.device)
     best = indices[rows] + column % 2
@@ -132,6 +128,15 @@ def _map_indices(
     if isinstance(first, torch.Tensor):
         return first.to(device=device, dtype=torch.int64)
     return first + torch.arange(n, dtype=torch.int64, device=device)
+
+
+def _add_quantised(
+    sums: torch.Tensor, sums_sq: torch.Tensor, maps: torch.Tensor
+) -> None:
+    """Add the quantised ``(n, ...)`` maps and their squares over n, in place."""
+    q = torch.round(maps * QUANTUM_SCALE).to(torch.float64)
+    sums.add_(q.sum(0))
+    sums_sq.add_((q * q).sum(0))
 
 
 def _keep_running_max(

@@ -30,6 +30,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--eager", action="store_true", help="unfused statistics")
     parser.add_argument("--precision", choices=("fp32", "fp16"), default="fp32")
+    parser.add_argument("--template-padding", type=float, default=2.0)
+    parser.add_argument(
+        "--padded-slices",
+        action="store_true",
+        help="sample slices at the padded size and crop (default: the t box)",
+    )
+    parser.add_argument("--threads", type=int, default=None, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", action="store_true")
     return parser.parse_args(argv)
@@ -40,9 +47,15 @@ def main(argv: list[str] | None = None) -> None:
     # before torch loads (see twodtm.hostmemory), as the command line does
     prepare_environment()
     benchmark = importlib.import_module("twodtm.benchmark")
+    if args.threads:
+        importlib.import_module("torch").set_num_threads(args.threads)
     parse_image_size = importlib.import_module("twodtm.cli.bench_cmd").parse_image_size
     options = benchmark.EngineOptions(
-        batch_size=args.batch_size, fused=not args.eager, precision=args.precision
+        batch_size=args.batch_size,
+        fused=not args.eager,
+        precision=args.precision,
+        template_padding=args.template_padding,
+        slice_size=0 if args.padded_slices else None,
     )
     records = []
     for size in args.image_size:

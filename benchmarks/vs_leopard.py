@@ -54,6 +54,7 @@ import contextlib
 import importlib
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -138,6 +139,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="default",
         help="retained: give Leopard-EM the host-memory settings twodtm uses",
     )
+    add("--device", default="cpu", help="cpu or cuda:N (both engines)")
     add("--worker", choices=("leopard",), default=None, help=argparse.SUPPRESS)
     return parser
 
@@ -332,7 +334,11 @@ def build_leopard_inputs(args: argparse.Namespace, n_total: int) -> dict[str, An
 
 
 def run_leopard_search(
-    inputs: dict[str, Any], euler_angles: torch.Tensor, batch: int, backend: str
+    inputs: dict[str, Any],
+    euler_angles: torch.Tensor,
+    batch: int,
+    backend: str,
+    device: torch.device,
 ) -> tuple[Any, ...]:
     """Run Leopard-EM's single-device search loop over ``euler_angles``.
 
@@ -346,6 +352,8 @@ def run_leopard_search(
         Orientation batch size.
     backend : str
         ``"batched"`` or ``"streamed"``.
+    device : torch.device
+        Where the loop runs (it moves its inputs there itself).
 
     Returns
     -------
@@ -369,7 +377,7 @@ def run_leopard_search(
         orientation_batch_size=batch,
         num_cuda_streams=1,
         backend=backend,
-        device=torch.device("cpu"),
+        device=device,
         mag_matrix=None,
         compute_correlation_table=False,
     )
@@ -388,6 +396,23 @@ def _search_summary(result: tuple[Any, ...], n_correlations: int) -> dict[str, f
     }
 
 
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """Peak memory of this process so far: CUDA's allocator, else the resident set.
+
+    Measured the same way as ``twodtm bench`` (``twodtm.benchmark``) does.
+    """
+    if device.type == "cuda":
+        peak = int(torch.cuda.max_memory_allocated(device))
+        return {"peak_memory_bytes": peak, "peak_memory_kind": "cuda"}
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return {"peak_memory_bytes": int(rss), "peak_memory_kind": "peak resident set"}
+
+
 def leopard_worker(args: argparse.Namespace) -> dict[str, Any]:
     """Time Leopard-EM's search loop (warm-up first) in this process.
 
@@ -401,7 +426,9 @@ def leopard_worker(args: argparse.Namespace) -> dict[str, Any]:
     dict[str, Any]
         Timing and sanity statistics.
     """
-    install_cpu_cuda_stubs()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        install_cpu_cuda_stubs()
 
     torch.set_grad_enabled(False)
     batch = args.orientation_batch_size
@@ -410,12 +437,16 @@ def leopard_worker(args: argparse.Namespace) -> dict[str, Any]:
     angles = inputs["euler_angles"]
     setup_start = time.perf_counter()
     run_leopard_search(
-        inputs, angles[:warmup].contiguous(), batch, args.leopard_backend
+        inputs, angles[:warmup].contiguous(), batch, args.leopard_backend, device
     )
     warmup_seconds = time.perf_counter() - setup_start
     timed_angles = angles[warmup:].contiguous()
+    _synchronize(device)
     start, cpu_start = time.perf_counter(), time.process_time()
-    result = run_leopard_search(inputs, timed_angles, batch, args.leopard_backend)
+    result = run_leopard_search(
+        inputs, timed_angles, batch, args.leopard_backend, device
+    )
+    _synchronize(device)
     seconds = time.perf_counter() - start
     cpu_seconds = time.process_time() - cpu_start
     n_correlations = args.orientations * args.defocus
@@ -430,6 +461,8 @@ def leopard_worker(args: argparse.Namespace) -> dict[str, Any]:
         "backend": args.leopard_backend,
         "torch_threads": torch.get_num_threads(),
         "dtype": str(inputs["image_dft"].real.dtype),
+        "device": str(device),
+        **peak_memory(device),
         **_search_summary(result, n_correlations),
     }
 
@@ -469,6 +502,7 @@ def worker_command(args: argparse.Namespace) -> list[str]:
     ]
     command += ["--orientation-batch-size", str(args.orientation_batch_size)]
     command += ["--leopard-backend", args.leopard_backend, "--seed", str(args.seed)]
+    command += ["--device", args.device]
     if args.warmup_orientations is not None:
         command += ["--warmup-orientations", str(args.warmup_orientations)]
     return command
@@ -528,6 +562,8 @@ def twodtm_command(args: argparse.Namespace) -> list[str]:
         str(args.orientations),
         "--defocus",
         str(args.defocus),
+        "--device",
+        args.device,
         "--json",
     ]
 
@@ -566,6 +602,12 @@ def _median_rate(records: list[dict[str, Any]]) -> float | None:
     return statistics.median(rates) if rates else None
 
 
+def _peak(records: list[dict[str, Any]]) -> int | None:
+    """Largest ``peak_memory_bytes`` over records (None if none reports it)."""
+    peaks = [int(r["peak_memory_bytes"]) for r in records if "peak_memory_bytes" in r]
+    return max(peaks) if peaks else None
+
+
 def summarise(
     args: argparse.Namespace,
     leopard: list[dict[str, Any]],
@@ -598,7 +640,10 @@ def summarise(
         "leopard_correlations_per_second": leopard_rate,
         "twodtm_correlations_per_second": twodtm_rate,
         "ratio_twodtm_over_leopard": ratio,
+        "leopard_peak_memory_bytes": _peak(leopard),
+        "twodtm_peak_memory_bytes": _peak(twodtm),
         "leopard_allocator": args.leopard_allocator,
+        "device": args.device,
     }
 
 
@@ -628,6 +673,10 @@ def print_report(summary: dict[str, Any]) -> None:
     print(f"Leopard-EM (median): {leopard_rate:.2f} cross-correlations/s")
     print(f"twodtm     (median): {twodtm_rate:.2f} cross-correlations/s")
     print(f"ratio twodtm/leopard: {summary['ratio_twodtm_over_leopard']:.2f}")
+    for engine in ("leopard", "twodtm"):
+        peak = summary[f"{engine}_peak_memory_bytes"]
+        if peak is not None:
+            print(f"peak memory {engine}: {peak / 2**30:.2f} GiB")
 
 
 def run_driver(args: argparse.Namespace) -> dict[str, Any]:

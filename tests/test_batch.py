@@ -92,11 +92,16 @@ def test_relion_30_single_block_star(tmp_path: Path) -> None:
             "rlnMicrographName": ["x.mrc"],
             "rlnDefocusU": [7000.0],
             "rlnDefocusV": [6900.0],
+            "rlnDefocusAngle": [12.0],
         }
     )
     starfile.write(table, tmp_path / "mics.star")
     (entry,) = list_micrographs(str(tmp_path / "mics.star"))
-    assert entry.optics == {"defocus_u": 7000.0, "defocus_v": 6900.0}
+    assert entry.optics == {
+        "defocus_u": 7000.0,
+        "defocus_v": 6900.0,
+        "astigmatism_angle": 12.0,
+    }
 
 
 def test_glob_is_sorted_and_empty_match_is_an_error(tmp_path: Path) -> None:

@@ -13,7 +13,8 @@ def _analytic(optics: Optics, defocus: float, k: torch.Tensor) -> torch.Tensor:
         math.pi * wavelength * defocus * k**2
         - 0.5 * math.pi * cs * wavelength**3 * k**4
     )
-    return torch.sin(chi + math.asin(optics.amplitude_contrast))
+    # cisTEM's sign: negative at low frequency for underfocus (protein dark)
+    return -torch.sin(chi + math.asin(optics.amplitude_contrast))
 
 
 def test_isotropic_ctf_matches_textbook_formula():

@@ -52,8 +52,25 @@ def noisy_image(shape: tuple[int, int], seed: int = 0) -> torch.Tensor:
     return torch.randn(shape, generator=g) * 2.0 + 10.0
 
 
-def reference_search(volume, image, space, settings):
-    """Every correlation computed on its own, reduced in float64 numpy."""
+def folded_projection(volume: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    """torch-fourier-slice's projection of the 2x zero-padded map, folded onto t.
+
+    The whole ``(2t, 2t)`` projection of the padded map, periodised onto the t box:
+    what the engine's slices, sampled at the t box's frequencies, transform to.
+    """
+    t = volume.shape[0]
+    padded = torch.nn.functional.pad(volume, [t // 2] * 6)
+    full = project_3d_to_2d(padded, rotation, pad_factor=1.0)[0]  # centre at t
+    wrapped = torch.fft.ifftshift(full)  # centre at pixel 0
+    return torch.fft.fftshift(wrapped.reshape(2, t, 2, t).sum((0, 2)))
+
+
+def reference_search(volume, image, space, settings, folded=False):
+    """Every correlation computed on its own, reduced in float64 numpy.
+
+    Projections: torch-fourier-slice's (2x padding, cropped), or with ``folded``
+    the padded box's projection folded onto t (the engine with slice_size t).
+    """
     prepared = prepare_image(
         image, OPTICS.pixel_size, settings, pad_to_fft_friendly=False
     )
@@ -65,11 +82,14 @@ def reference_search(volume, image, space, settings):
             rotation = euler_to_matrix(angles[None]).float() * (
                 OPTICS.pixel_size / pixel_size
             )
-            proj = project_3d_to_2d(volume, rotation, pad_factor=2.0)[0]
+            if folded:
+                proj = folded_projection(volume, rotation)
+            else:
+                proj = project_3d_to_2d(volume, rotation, pad_factor=2.0)[0]
             canvas = torch.zeros(h, w)
             canvas[:t, :t] = proj
             canvas = torch.roll(canvas, (-(t // 2), -(t // 2)), (0, 1))
-            ctfs = ctf_stack(OPTICS, space.defocus_offsets.float(), (h, w), pixel_size)
+            ctfs = ctf_stack(OPTICS, space.defocus_offsets.float(), (h, w))
             for ctf in ctfs:
                 filtered = torch.fft.irfft2(
                     torch.fft.rfft2(canvas) * ctf * prepared.template_filter, s=(h, w)
@@ -83,13 +103,18 @@ def reference_search(volume, image, space, settings):
 
 
 def engine_search(
-    volume, image, space, settings, chunks, batch_size, device, paired=False
+    volume, image, space, settings, chunks, batch_size, device, *, paired=False, m=0
 ):
     prepared = prepare_image(
         image.to(device), OPTICS.pixel_size, settings, pad_to_fft_friendly=False
     )
     inputs = build_search_inputs(
-        prepare_template(volume.to(device)), volume.shape[0], prepared, OPTICS, space
+        prepare_template(volume.to(device)),
+        volume.shape[0],
+        prepared,
+        OPTICS,
+        space,
+        slice_size=m,
     )
     if paired:
         inputs = pair_filters(inputs)
@@ -102,18 +127,25 @@ def engine_search(
 
 
 @pytest.mark.parametrize(
-    ("pixel_sizes", "paired"), [((1.0,), False), ((0.98, 1.0), False), ((1.0,), True)]
+    ("pixel_sizes", "paired", "folded"),
+    [
+        ((1.0,), False, False),
+        ((0.98, 1.0), False, False),
+        ((1.0,), True, False),
+        ((0.98, 1.0), True, True),
+    ],
 )
-def test_engine_agrees_with_reference(blob, device, pixel_sizes, paired):
+def test_engine_agrees_with_reference(blob, device, pixel_sizes, paired, folded):
     volume = masked_blob(blob)
     image = noisy_image((96, 80))
     space = small_space(pixel_sizes=pixel_sizes)
     settings = FilterSettings(bandpass_high_resolution=3.0)
-    reference = reference_search(volume, image, space, settings)
+    reference = reference_search(volume, image, space, settings, folded)
     # batch of 3 over 20 orientations: the last batch is partial, with 3 defocus planes
     # (paired: defocus 0 and 1 share one complex transform, 2 has a real one)
+    m = volume.shape[0] if folded else 0  # slices at the t box's frequencies
     stats = engine_search(
-        volume, image, space, settings, space.chunks(20), 3, device, paired
+        volume, image, space, settings, space.chunks(20), 3, device, paired=paired, m=m
     )
     mip_ref = reference.max(0)
     np.testing.assert_allclose(
@@ -240,7 +272,7 @@ def test_norms_from_lag_kernels_equal_real_space_norms(shape, size):
     rotations = euler_to_matrix(small_space().euler_angles[:4])
     boxes = project(inputs, rotations, 1.0)
     dfts = padded_dft(boxes, shape)
-    filters = ctf_stack(OPTICS, small_space().defocus_offsets.float(), shape, 1.0)
+    filters = ctf_stack(OPTICS, small_space().defocus_offsets.float(), shape)
     filtered = torch.fft.irfft2(
         dfts[:, None] * filters * image.template_filter, s=shape
     )  # (B, D, H, W): each filtered projection in real space
@@ -258,7 +290,7 @@ def test_small_images_get_norms_from_the_image_grid(blob):
     assert inputs.norm_kernels is None and inputs.norm_weights is not None
     box = project(inputs, euler_to_matrix(small_space().euler_angles[:1]), 1.0)
     dft = padded_dft(box, (50, 71))
-    filters = ctf_stack(OPTICS, small_space().defocus_offsets.float(), (50, 71), 1.0)
+    filters = ctf_stack(OPTICS, small_space().defocus_offsets.float(), (50, 71))
     filtered = torch.fft.irfft2(dft * filters * image.template_filter, s=(50, 71))
     expected = filtered.double().square().sum((-2, -1)).sqrt().float()
     got = orientation_norms(inputs, box[0], dft, 0)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -84,7 +86,10 @@ def test_planted_particle_is_found_with_its_pose_and_defocus(planted):
     assert result.maps["defocus"][row, col] == pytest.approx(
         9000.0 + TRUE_DEFOCUS_OFFSET
     )
-    assert result.metadata["total_correlations"] == space.size
+    # every correlation of the search is one pixel of one correlation map
+    n_pixels = z.shape[0] * z.shape[1]
+    assert result.metadata["correlations_per_pixel"] == space.size
+    assert result.metadata["total_correlations"] == space.size * n_pixels
 
 
 def test_cli_writes_a_result_that_loads_back(planted, tmp_path):
@@ -105,6 +110,11 @@ def test_cli_writes_a_result_that_loads_back(planted, tmp_path):
         loaded.metadata["search_space"]["orientations"]
         == direct.metadata["search_space"]["orientations"]
     )
+    # result.json's counts, read as a user would (json), not through twodtm
+    saved = json.loads((out / "result.json").read_text())
+    per_pixel = saved["search_space"]["correlations_per_pixel"]
+    assert saved["correlations_per_pixel"] == per_pixel
+    assert saved["total_correlations"] == per_pixel * loaded.maps["mip"].size
 
 
 def test_config_round_trips_through_yaml(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 from pathlib import Path
 
@@ -142,3 +143,85 @@ def test_failed_write_leaves_old_file_and_no_temporary(tmp_path):
         raise RuntimeError("disk gone")
     assert target.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["map.mrc"]
+
+
+# Axis order: a header's mapc, mapr, maps name the axis (1 = x, 2 = y, 3 = z) along
+# the file's columns, rows and sections; the reader must always return [z, y, x].
+ALL_ORDERS = list(itertools.permutations((1, 2, 3)))
+
+
+def _stored_as(volume: np.ndarray, order: tuple[int, int, int]) -> np.ndarray:
+    """Independent reference: lay ``volume[z, y, x]`` out element by element.
+
+    ``order`` is (mapc, mapr, maps); element [s, r, c] of the file holds the voxel
+    whose coordinate along axis ``mapc`` is c, along ``mapr`` r, along ``maps`` s.
+    """
+    extent = {1: volume.shape[2], 2: volume.shape[1], 3: volume.shape[0]}
+    mapc, mapr, maps = order
+    stored = np.empty((extent[maps], extent[mapr], extent[mapc]), volume.dtype)
+    for s, r, c in np.ndindex(*stored.shape):
+        position = {mapc: c, mapr: r, maps: s}
+        stored[s, r, c] = volume[position[3], position[2], position[1]]
+    return stored
+
+
+def _write_with_order(
+    file: Path, stored: np.ndarray, order: tuple[int, int, int], extents, voxel: float
+) -> None:
+    """Write ``stored`` with the given axis order; ``extents`` are (x, y, z) sizes."""
+    with mrcfile.new(file) as mrc:
+        mrc.set_data(stored)
+        header = mrc.header
+        header.mapc, header.mapr, header.maps = order
+        # mx, my, mz and cella are per axis x, y, z (not per column, row, section)
+        header.mx, header.my, header.mz = extents
+        header.cella = tuple(voxel * n for n in extents)
+
+
+@pytest.mark.parametrize("order", ALL_ORDERS, ids=lambda o: "".join(map(str, o)))
+def test_permuted_volume_reads_as_the_standard_one(tmp_path, order):
+    rng = np.random.default_rng(1)
+    volume = rng.normal(size=(3, 4, 5)).astype(np.float32)  # (z, y, x), all distinct
+    write_mrc(tmp_path / "standard.mrc", volume, 1.5)
+    _write_with_order(
+        tmp_path / "permuted.mrc", _stored_as(volume, order), order, (5, 4, 3), 1.5
+    )
+    standard = read_mrc(tmp_path / "standard.mrc")
+    permuted = read_mrc(tmp_path / "permuted.mrc")
+    np.testing.assert_array_equal(standard.data, volume)
+    np.testing.assert_array_equal(permuted.data, volume)
+    assert permuted.pixel_size == pytest.approx(1.5)
+
+
+def test_image_stored_with_swapped_rows_and_columns(tmp_path):
+    image = np.arange(12, dtype=np.float32).reshape(3, 4)  # (y, x)
+    stored = _stored_as(image[None], (2, 1, 3))
+    assert stored.shape == (1, 4, 3)
+    _write_with_order(tmp_path / "swapped.mrc", stored, (2, 1, 3), (4, 3, 1), 0.8)
+    back = read_mrc(tmp_path / "swapped.mrc")
+    np.testing.assert_array_equal(back.data, image)
+    assert back.pixel_size == pytest.approx(0.8)
+
+
+def test_axis_order_zero_from_old_writers_reads_as_standard(tmp_path):
+    volume = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    _write_with_order(tmp_path / "zero.mrc", volume, (0, 0, 0), (4, 3, 2), 1.0)
+    np.testing.assert_array_equal(read_mrc(tmp_path / "zero.mrc").data, volume)
+
+
+@pytest.mark.parametrize("order", [(1, 1, 3), (1, 2, 4), (0, 2, 3)])
+def test_axis_order_that_is_not_a_permutation_is_refused(tmp_path, order):
+    file = tmp_path / "odd.mrc"
+    _write_with_order(file, np.ones((2, 3, 4), np.float32), order, (4, 3, 2), 1.0)
+    with pytest.raises(InputFileError, match="mapc, mapr, maps") as info:
+        read_mrc(file)
+    assert str(file) in str(info.value)
+
+
+def test_single_section_outside_the_xy_plane_is_refused(tmp_path):
+    file = tmp_path / "xz.mrc"
+    # one section along y: an x-z image, not a micrograph's x-y plane
+    _write_with_order(file, np.ones((1, 3, 4), np.float32), (1, 3, 2), (4, 1, 3), 1.0)
+    with pytest.raises(InputFileError, match="maps") as info:
+        read_mrc(file)
+    assert str(file) in str(info.value)

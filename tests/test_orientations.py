@@ -8,6 +8,7 @@ from scipy.spatial.transform import Rotation
 from torch_fourier_slice import project_3d_to_2d
 
 from twodtm.errors import ConfigError
+from twodtm.local import LocalGrid, local_orientations
 from twodtm.orientations import (
     angular_distance,
     euler_to_matrix,
@@ -133,3 +134,66 @@ def test_random_rotations_uniform_on_so3():
     trace = rotations.diagonal(dim1=1, dim2=2).sum(-1).numpy()
     omega = np.arccos(np.clip((trace - 1) / 2, -1, 1))
     assert abs(np.mean(omega) - (math.pi / 2 + 2 / math.pi)) < 0.02
+
+
+def _assert_matrices_round_trip(angles: torch.Tensor) -> None:
+    """euler_to_matrix(matrix_to_euler(R)) == R: compares poses, not angle values."""
+    rotations = euler_to_matrix(angles)
+    back = euler_to_matrix(matrix_to_euler(rotations))
+    worst = (back - rotations).abs().amax(dim=(-1, -2))
+    bad = int(worst.argmax())
+    assert float(worst.max()) < 1e-5, f"pose {angles[bad].tolist()} comes back moved"
+
+
+@pytest.mark.parametrize("base_grid", ["uniform", "healpix"])
+@pytest.mark.parametrize("symmetry", ["C1", "C4", "D3", "T", "O", "I"])
+def test_every_grid_pose_round_trips(symmetry, base_grid):
+    grid = orientation_grid(10.0, 10.0, symmetry, base_grid)
+    _assert_matrices_round_trip(grid)
+
+
+def test_uniform_c1_grid_holds_both_poles():
+    """The grid round-trip above covers theta = 0 and 180 (so it tests the poles)."""
+    theta = orientation_grid(10.0, 10.0, "C1", "uniform")[:, 1]
+    assert bool((theta == 0.0).any()) and bool((theta == 180.0).any())
+
+
+@pytest.mark.parametrize("theta", [0.0, 1e-7, 1e-4, 180.0, 180.0 - 1e-7, 180.0 - 1e-4])
+def test_poses_at_and_near_the_poles_round_trip(theta):
+    phis = torch.arange(0.0, 360.0, 37.0, dtype=torch.float64)
+    psis = torch.arange(5.0, 360.0, 53.0, dtype=torch.float64)
+    phi, psi = torch.meshgrid(phis, psis, indexing="ij")
+    angles = torch.stack([phi, torch.full_like(phi, theta), psi], -1).reshape(-1, 3)
+    _assert_matrices_round_trip(angles)
+
+
+def test_pole_180_pose_from_the_issue():
+    """(10, 180, 30) came back as (160, 180, 0): a pose 180 degrees away."""
+    rotation = euler_to_matrix(torch.tensor([10.0, 180.0, 30.0], dtype=torch.float64))
+    back = euler_to_matrix(matrix_to_euler(rotation))
+    assert float(angular_distance(rotation[None], back[None])[0]) < 1e-6
+
+
+def test_matrix_to_euler_leaves_its_input_unchanged():
+    rotations = euler_to_matrix(
+        torch.tensor([[10.0, 180.0, 30.0], [0.0, 0.0, 40.0]], dtype=torch.float64)
+    )
+    before = rotations.clone()
+    matrix_to_euler(rotations)
+    assert torch.equal(rotations, before)
+
+
+def test_local_grid_around_a_pole_pose_is_centred_on_it():
+    """Row 0 of the local grid is the start pose itself, also at theta = 180."""
+    start = torch.tensor([10.0, 180.0, 30.0], dtype=torch.float64)
+    grid = LocalGrid(
+        out_of_plane_range=2.0,
+        out_of_plane_step=1.0,
+        in_plane_range=2.0,
+        in_plane_step=1.0,
+    )
+    local = local_orientations(start, grid)
+    r_start = euler_to_matrix(start)[None]
+    distances = angular_distance(r_start, euler_to_matrix(local))
+    assert float(distances[0]) < 1e-6
+    assert float(distances.max()) < 2.0 * math.sqrt(2.0) + 1e-6

@@ -138,6 +138,8 @@ def test_table_values_come_from_the_maps_at_each_peak():
     assert row["mip"] == pytest.approx(1.2)
     n = 500 * SHAPE[0] * SHAPE[1]
     assert row["pvalue"] == pytest.approx(n * stats.norm.sf(12.0), rel=1e-4)
+    # the global search's number of trials travels with the row (refine reuses it)
+    assert row["n_trials"] == n
 
 
 def test_default_threshold_follows_the_false_positive_rate():
@@ -162,6 +164,9 @@ def test_pick_and_write_reads_result_json(tmp_path):
     np.testing.assert_allclose(table["zscore"], peaks["zscore"], rtol=1e-6)
     csv = read_particles(tmp_path / "particles.csv")
     np.testing.assert_allclose(csv["pvalue"], peaks["pvalue"], rtol=1e-5)
+    # the CSV (which refine reads in full) keeps the search's number of trials
+    n_trials = 1000.0 * SHAPE[0] * SHAPE[1]
+    np.testing.assert_allclose(csv["n_trials"], [n_trials, n_trials], rtol=1e-5)
 
 
 def test_peaks_command_writes_tables_and_rejects_bad_rates(tmp_path):

@@ -21,6 +21,7 @@ def test_fp16_is_refused_on_the_cpu_and_for_odd_sizes():
             check_precision("fp16", torch.device("cuda"), (96, 128))
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="fp16 FFTs need CUDA")
 def test_fp16_zscores_match_fp32_on_cuda():
     inputs = synthetic_inputs((128, 128), 32, 3, 1, torch.device("cuda"), 0)

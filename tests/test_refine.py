@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import torch
 import yaml
+from scipy import stats as scipy_stats
 from typer.testing import CliRunner
 
 from conftest import blob_volume
@@ -37,6 +38,7 @@ from twodtm.local import (
     window_radius,
 )
 from twodtm.orientations import angular_distance, euler_to_matrix
+from twodtm.peaks import family_pvalue
 from twodtm.preprocess import FilterSettings, PreparedImage, prepare_image
 from twodtm.refine import (
     LocalSettings,
@@ -205,6 +207,48 @@ def test_refinement_of_coarse_poses(simulated):
     assert abs(phi_error) < 1.5
     assert refined.loc[0, "delta_angle"] > 3.0
     assert refined.delta_x.to_numpy() == pytest.approx((refined.x - start.x).to_numpy())
+
+
+def test_refined_pvalue_is_recomputed_for_the_refined_zscore(simulated):
+    """The p-value follows the refined z-score (global noise model and trials)."""
+    volume, sim = simulated
+    micrograph = prepare_micrograph(
+        torch.from_numpy(sim.micrograph), OPTICS, FilterSettings()
+    )
+    template = make_template(volume, 1.0)
+    start = sim.truth.copy()
+    for name in ("phi", "psi"):
+        start[name] = start[name] + 4.0  # two local steps off: refinement gains
+    start["x"], start["y"] = start["x"].round(), start["y"].round()
+    start["defocus"] = OPTICS.defocus_mean
+    at_start = refine_particles(
+        micrograph, template, start, LocalSettings(LocalGrid(0, 1, 0, 1), max_shift=0.0)
+    )
+    # A global noise model that puts the starts near z = 4.5, where p-values are
+    # neither 0 nor 1; n_trials as `twodtm peaks` writes it.
+    n_trials = 1e5
+    start["mean"] = 0.2
+    start["std"] = (at_start["mip"] - 0.2) / 4.5
+    start["zscore"] = (at_start["mip"] - start["mean"]) / start["std"]
+    start["n_trials"] = n_trials
+    start["pvalue"] = family_pvalue(start["zscore"].to_numpy(), n_trials)
+    settings = LocalSettings(grid=LocalGrid(4.0, 2.0, 4.0, 2.0), max_shift=1.0)
+    refined = refine_particles(micrograph, template, start, settings)
+    z_refined = ((refined["mip"] - start["mean"]) / start["std"]).to_numpy()
+    np.testing.assert_allclose(refined["zscore"], z_refined, rtol=1e-9)
+    assert (refined["zscore"] > start["zscore"] + 0.05).all()
+    assert (refined["pvalue"] < start["pvalue"]).all()
+    np.testing.assert_allclose(
+        refined["pvalue"], family_pvalue(z_refined, n_trials), rtol=1e-9
+    )
+    # independent of family_pvalue: 1 - (1 - sf)^N for the normal tail
+    direct = 1.0 - (1.0 - scipy_stats.norm.sf(z_refined)) ** n_trials
+    np.testing.assert_allclose(refined["pvalue"], direct, rtol=1e-6)
+    # without the global number of trials the old p-value is dropped, not kept
+    no_trials = refine_particles(
+        micrograph, template, start.drop(columns="n_trials"), settings
+    )
+    assert no_trials["pvalue"].isna().all()
 
 
 def test_refine_program_writes_a_refined_table(simulated, tmp_path):

@@ -9,7 +9,13 @@ import starfile
 
 from twodtm.ctf import Optics
 from twodtm.errors import InputFileError
-from twodtm.io.tables import read_particles, write_particles, write_star_table
+from twodtm.io.tables import (
+    coordinate_file_name,
+    read_particles,
+    write_coordinates,
+    write_particles,
+    write_star_table,
+)
 
 OPTICS = Optics(
     pixel_size=1.5, defocus_u=12000.0, defocus_v=11000.0, astigmatism_angle=30.0
@@ -86,3 +92,52 @@ def test_missing_or_coordinate_free_files_name_the_problem(tmp_path):
     bad.write_text("data_\n\nloop_\n_rlnVoltage #1\n300\n")
     with pytest.raises(InputFileError, match="rlnCoordinateX"):
         read_particles(bad)
+
+
+def test_coordinate_file_is_one_block_of_what_relion_extraction_reads(tmp_path):
+    table = _table().assign(x=[10.4, 200.5], y=[30.6, 40.25])
+    original = table.copy()
+    coordinates, listing = write_coordinates(table, tmp_path, "Movies/mic_001.mrc")
+    pd.testing.assert_frame_equal(table, original)  # input untouched
+    assert coordinates == tmp_path / "mic_001_twodtm.star"
+    text = coordinates.read_text()
+    assert text.count("data_") == 1 and "\ndata_\n" in text  # one unnamed block
+    blocks = starfile.read(coordinates, always_dict=True)
+    [block] = blocks.values()
+    assert list(block.columns) == [
+        "rlnCoordinateX",
+        "rlnCoordinateY",
+        "rlnAutopickFigureOfMerit",
+        "rlnAngleRot",
+        "rlnAngleTilt",
+        "rlnAnglePsi",
+    ]  # no CTF columns: RELION 3.1 aborts on them in a coordinate file
+    # Nearest pixel (RELION truncates fractions; 200.5 rounds up, never to even).
+    assert list(block["rlnCoordinateX"]) == [10.0, 201.0]
+    assert list(block["rlnCoordinateY"]) == [31.0, 40.0]
+    assert list(block["rlnAnglePsi"]) == [45.0, 0.5]
+    assert list(block["rlnAutopickFigureOfMerit"]) == [8.5, 12.25]
+    # RELION 4/5 --coord_list: micrograph name -> coordinate file.
+    assert listing == tmp_path / "coordinates.star"
+    assert "data_coordinate_files" in listing.read_text()
+    [files] = starfile.read(listing, always_dict=True).values()
+    assert list(files["rlnMicrographName"]) == ["Movies/mic_001.mrc"]
+    assert list(files["rlnMicrographCoordinates"]) == [str(coordinates)]
+    assert not [p for p in tmp_path.iterdir() if p.suffix == ".tmp"]
+
+
+def test_coordinate_file_of_no_particles_has_the_columns(tmp_path):
+    empty = _table().iloc[:0][["x", "y", "zscore"]]
+    coordinates, _ = write_coordinates(empty, tmp_path, "mic.mrc", suffix="picks")
+    assert coordinates.name == "mic_picks.star"
+    text = coordinates.read_text()
+    assert "_rlnCoordinateX" in text and "_rlnAutopickFigureOfMerit" in text
+
+
+@pytest.mark.parametrize(
+    ("micrograph", "name"),
+    [("mic.mrc", "mic_twodtm.star"), ("/data/a.b.tiff", "a.b_twodtm.star")],
+)
+def test_coordinate_file_name_is_relions(micrograph, name):
+    # RELION looks for <coord_dir>/<micrograph without extension><suffix>.
+    assert coordinate_file_name(micrograph) == name

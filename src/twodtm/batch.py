@@ -17,6 +17,7 @@ import io
 import math
 import os
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,13 +25,13 @@ from typing import Any
 
 import numpy as np
 import starfile
-from rich.progress import Progress
 
 from twodtm.config import MatchConfig, parse_config
 from twodtm.errors import ConfigError, InputDataError, InputFileError
 from twodtm.io.atomic import write_text_atomic
 from twodtm.io.mrc import read_mrc
 from twodtm.match import executor_for, run_match
+from twodtm.progress import ProgressReporter
 from twodtm.search.executors import Executor
 
 SUMMARY_NAME = "summary.csv"
@@ -51,6 +52,8 @@ _MICROGRAPH_COLUMNS = {
     "rlnDefocusAngle": "astigmatism_angle",
     "rlnPhaseShift": "phase_shift",
 }
+# Without these a micrograph would be searched at the config's one defocus.
+CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
 _OPTICS_COLUMNS = {
     "rlnMicrographPixelSize": "pixel_size",
     "rlnVoltage": "voltage",
@@ -104,7 +107,35 @@ def _resolve(name: str, star: Path) -> Path:
     return star.parent / path
 
 
-def read_star_micrographs(path: str | os.PathLike[str]) -> list[MicrographEntry]:
+class MissingCtfWarning(UserWarning):
+    """A micrographs STAR lacks CTF columns; the config's defocus is used instead."""
+
+
+def _check_ctf_columns(columns: Sequence[str], star: Path, use_config: bool) -> None:
+    """Refuse (or, with ``use_config``, warn about) a table without CTF columns."""
+    missing = [c for c in CTF_COLUMNS if c not in columns]
+    if not missing:
+        return
+    if not use_config:
+        raise InputFileError(
+            f"{star}: no per-micrograph CTF: it lacks the column(s) "
+            f"{', '.join(missing)}. Pass the STAR file written by CTF estimation "
+            "(RELION CtfFind/jobNNN/micrographs_ctf.star); to search every "
+            "micrograph with the config's optics instead, give them as a glob "
+            "(--micrographs 'Micrographs/*.mrc')."
+        )
+    warnings.warn(
+        f"{star}: it lacks the column(s) {', '.join(missing)}; EVERY micrograph is "
+        "searched with the config's optics (defocus_u, defocus_v, "
+        "astigmatism_angle) in their place (use_config_ctf).",
+        MissingCtfWarning,
+        stacklevel=3,
+    )
+
+
+def read_star_micrographs(
+    path: str | os.PathLike[str], use_config_ctf: bool = False
+) -> list[MicrographEntry]:
     """Micrographs and their CTF from a RELION (3.0 or 3.1+) micrographs STAR file.
 
     Reads ``rlnMicrographName``, ``rlnDefocusU/V`` (A), ``rlnDefocusAngle`` (deg) and
@@ -112,10 +143,19 @@ def read_star_micrographs(path: str | os.PathLike[str]) -> list[MicrographEntry]
     ``rlnVoltage``, ``rlnSphericalAberration`` and ``rlnAmplitudeContrast`` from the
     micrograph's optics group (``data_optics``) or its own row.
 
+    Parameters
+    ----------
+    path : str or path
+        The STAR file.
+    use_config_ctf : bool
+        Accept a table without ``CTF_COLUMNS`` (a ``MissingCtfWarning`` names the
+        missing ones): the config's optics stand in for them.
+
     Raises
     ------
     InputFileError
-        The file is unreadable or has no ``rlnMicrographName`` column.
+        The file is unreadable, has no ``rlnMicrographName`` column, or lacks one
+        of ``CTF_COLUMNS`` (unless ``use_config_ctf``).
     """
     star = Path(path)
     blocks = _star_blocks(star)
@@ -125,6 +165,7 @@ def read_star_micrographs(path: str | os.PathLike[str]) -> list[MicrographEntry]
             f"{star}: no rlnMicrographName column; pass a micrographs STAR file "
             "(e.g. CtfFind/jobNNN/micrographs_ctf.star)"
         )
+    _check_ctf_columns(list(tables[0].columns), star, use_config_ctf)
     groups = _optics_by_group(blocks)
     entries = []
     for row in tables[0].to_dict("records"):
@@ -137,16 +178,19 @@ def read_star_micrographs(path: str | os.PathLike[str]) -> list[MicrographEntry]
     return entries
 
 
-def list_micrographs(spec: str) -> list[MicrographEntry]:
+def list_micrographs(spec: str, use_config_ctf: bool = False) -> list[MicrographEntry]:
     """Micrographs named by ``spec``: a ``.star`` file or a glob pattern (sorted).
+
+    Micrographs of a glob take the config's optics; a STAR file must give each
+    micrograph's CTF unless ``use_config_ctf`` (see ``read_star_micrographs``).
 
     Raises
     ------
     InputFileError
-        Nothing matches, or the STAR file cannot be read.
+        Nothing matches, or the STAR file cannot be read or lacks CTF columns.
     """
     if spec.endswith(".star"):
-        entries = read_star_micrographs(spec)
+        entries = read_star_micrographs(spec, use_config_ctf)
     else:
         entries = [MicrographEntry(Path(p)) for p in sorted(glob.glob(spec))]
     if not entries:
@@ -232,14 +276,15 @@ def run_batch(
     *,
     overwrite: bool = False,
     restart: bool = False,
-    progress_bar: Progress | None = None,
+    progress: ProgressReporter | None = None,
     executor: Executor | None = None,
 ) -> list[dict[str, Any]]:
     """Search every micrograph of ``entries`` into ``output/<stem>/``.
 
     Micrographs with a result already are skipped (unless ``overwrite``); one that
     cannot be read is marked failed and the others go on. Each finished micrograph
-    updates ``output/summary.csv``.
+    updates ``output/summary.csv``. ``progress`` reports each micrograph's search
+    as ``match <stem> (k of n)``.
 
     Returns
     -------
@@ -255,15 +300,18 @@ def run_batch(
         options = {
             "overwrite": overwrite,
             "restart": restart,
-            "progress_bar": progress_bar,
+            "progress": progress,
             "executor": executor,
         }
-        for entry, directory in zip(entries, directories, strict=True):
+        for k, (entry, directory) in enumerate(zip(entries, directories, strict=True)):
             if (directory / "result.json").exists() and not overwrite:
                 rows.append(
                     _row(entry, micrograph_config(config, entry), directory, "skipped")
                 )
             else:
-                rows.append(_search_one(config, entry, directory, options))
+                label = f"match {directory.name} ({k + 1} of {len(entries)})"
+                rows.append(
+                    _search_one(config, entry, directory, options | {"label": label})
+                )
             write_summary(root / SUMMARY_NAME, rows)
     return rows

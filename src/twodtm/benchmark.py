@@ -42,6 +42,7 @@ from twodtm.search.engine import (
     pair_product,
     pair_transform,
     project,
+    projection_box,
     search_orientations,
     workspace,
 )
@@ -79,6 +80,18 @@ def best_time(
     return min(times)
 
 
+def synthetic_volume(size: int, generator: torch.Generator) -> torch.Tensor:
+    """``(t, t, t)`` white noise inside the box's inscribed sphere (radius t/2 - 1).
+
+    A template boxed with a margin, as maps for 2DTM are: its projections fit
+    in the t box (``engine.projection_box`` gives t).
+    """
+    axis = torch.arange(size, dtype=torch.float32) - size // 2
+    r2 = axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis**2
+    noise = torch.randn((size,) * 3, generator=generator)
+    return noise * (r2 <= (size / 2 - 1) ** 2)
+
+
 def synthetic_inputs(
     image_shape: tuple[int, int],
     template_size: int,
@@ -86,14 +99,18 @@ def synthetic_inputs(
     n_pixel_sizes: int,
     device: torch.device,
     seed: int,
+    template_padding: float = 2.0,
+    slice_size: int | None = None,
 ) -> SearchInputs:
     """Engine tensors for a white-noise micrograph and a random template.
 
     The contents do not change the work done, only the shapes do.
+    ``slice_size`` None takes the map's ``engine.projection_box`` (t), 0 the
+    padded size.
     """
     generator = torch.Generator().manual_seed(seed)
     image = torch.randn(image_shape, generator=generator).to(device)
-    volume = torch.randn((template_size,) * 3, generator=generator).to(device)
+    volume = synthetic_volume(template_size, generator).to(device)
     prepared = prepare_image(
         image, PIXEL_SIZE, FilterSettings(), pad_to_fft_friendly=True
     )
@@ -109,8 +126,11 @@ def synthetic_inputs(
         pixel_sizes=PIXEL_SIZE + pixel_offsets,
     )
     optics = Optics(pixel_size=PIXEL_SIZE, defocus_u=12000.0, defocus_v=11800.0)
+    template = prepare_template(volume, template_padding)
+    if slice_size is None:
+        slice_size = projection_box(volume, int(template.shape[-3]))
     return build_search_inputs(
-        prepare_template(volume), template_size, prepared, optics, space
+        template, template_size, prepared, optics, space, slice_size=slice_size
     )
 
 
@@ -275,12 +295,19 @@ class EngineOptions:
     paired : bool or None
         Two defocus maps per complex inverse FFT (None: the device's default,
         ``engine.default_paired``; never in fp16).
+    template_padding : float
+        Real-space oversampling of the template before its transform.
+    slice_size : int or None
+        Box of the sampled slices (``SearchInputs.slice_size``): None for the
+        synthetic map's ``engine.projection_box`` (t), 0 for the padded size.
     """
 
     batch_size: int | None = None
     fused: bool = True
     precision: Precision = "fp32"
     paired: bool | None = None
+    template_padding: float = 2.0
+    slice_size: int | None = None
 
 
 def time_engine(
@@ -323,7 +350,14 @@ def time_engine(
     dev = torch.device(device)
     retain_freed_memory()
     inputs = synthetic_inputs(
-        image_shape, template_size, n_defocus, n_pixel_sizes, dev, seed
+        image_shape,
+        template_size,
+        n_defocus,
+        n_pixel_sizes,
+        dev,
+        seed,
+        opts.template_padding,
+        opts.slice_size,
     )
     check_precision(opts.precision, dev, inputs.image_shape)
     inputs = replace(
@@ -336,7 +370,10 @@ def time_engine(
     if paired and opts.precision == "fp32":
         inputs = pair_filters(inputs)
     n_filters = n_defocus * n_pixel_sizes
-    batch = opts.batch_size or auto_batch_size(dev, inputs.image_shape, n_filters)
+    slice_size = inputs.slice_size or int(inputs.template_dft.shape[-3])
+    batch = opts.batch_size or auto_batch_size(
+        dev, inputs.image_shape, n_filters, slice_size
+    )
     rotations = random_rotations(n_orientations, seed)
     crop = image_shape
     if dev.type == "cuda":
@@ -371,10 +408,63 @@ def time_engine(
         "defocus_values": n_defocus,
         "pixel_sizes": n_pixel_sizes,
         "batch_size": batch,
+        "template_padding": opts.template_padding,
+        "slice_size": slice_size,
         "fused": opts.fused,
         "precision": opts.precision,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
+    }
+
+
+def precision_error(
+    image_shape: tuple[int, int] = (4096, 4096),
+    template_size: int = 512,
+    n_orientations: int = 8,
+    n_defocus: int = 13,
+    device: str = "cuda",
+    precision: Precision = "fp16",
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Z-score error of a reduced-precision search against the fp32 one.
+
+    Both searches run on the same synthetic inputs and orientations with the
+    device's default layout (``precision`` runs unpaired, as fp16 must).
+
+    Returns
+    -------
+    dict
+        ``max_abs_zscore_error`` and ``rms_zscore_error`` (z-score units),
+        ``best_index_agreement`` (fraction of pixels with the same argmax),
+        ``max_abs_mip_error`` and the settings.
+    """
+    dev = torch.device(device)
+    inputs = synthetic_inputs(image_shape, template_size, n_defocus, 1, dev, seed)
+    check_precision(precision, dev, inputs.image_shape)
+    inputs = replace(inputs, filters_per_transform=default_filters_per_transform(dev))
+    rotations = random_rotations(n_orientations, seed)
+    reference_inputs = inputs
+    if default_paired(dev):
+        reference_inputs = pair_filters(inputs)
+    batch = min(n_orientations, 8)
+    full = run_search(reference_inputs, rotations, batch, image_shape)
+    reduced = run_search(
+        replace(inputs, precision=precision), rotations, batch, image_shape
+    )
+    error = (reduced.zscore() - full.zscore()).double()
+    return {
+        "precision": precision,
+        "max_abs_zscore_error": float(error.abs().max()),
+        "rms_zscore_error": float(error.square().mean().sqrt()),
+        "best_index_agreement": float(
+            (reduced.best_index == full.best_index).double().mean()
+        ),
+        "max_abs_mip_error": float((reduced.mip - full.mip).abs().max()),
+        "image_shape": list(image_shape),
+        "template_size": template_size,
+        "orientations": n_orientations,
+        "defocus_values": n_defocus,
+        "device": str(dev),
     }
 
 
@@ -387,7 +477,9 @@ def format_report(record: dict[str, Any]) -> str:
         f"(searched {record['padded_shape'][0]}x{record['padded_shape'][1]}), "
         f"template {record['template_size']}, {record['orientations']} orientations x "
         f"{record['defocus_values']} defocus x {record['pixel_sizes']} pixel sizes, "
-        f"batch {record['batch_size']}, {record['precision']}, "
+        f"batch {record['batch_size']}, template padding "
+        f"{record['template_padding']:g} (slices at {record['slice_size']} px), "
+        f"{record['precision']}, "
         f"{'fused' if record['fused'] else 'eager'} statistics",
         f"cross-correlations per second: {record['correlations_per_second']:.2f} "
         f"({record['correlations']} in {record['seconds']:.2f} s; "

@@ -174,14 +174,65 @@ class OrientationSearch(_Strict):
         return self
 
 
+class ModelTemplate(_Strict):
+    """How a ``template:`` that is an atomic model (PDB/mmCIF) is simulated.
+
+    ttsim3d simulates the map at the template voxel size (``template_pixel_size``,
+    else the micrograph's) and the config's voltage; the map is written into the
+    result directory and reused for the same model and settings.
+    """
+
+    box_size: int | None = Field(
+        None,
+        ge=8,
+        le=1024,
+        description="box edge, voxels (None: twice the largest atom distance from "
+        "the centre plus box_margin on each side, FFT-friendly and even)",
+    )
+    box_margin: float = Field(
+        10.0, ge=0, description="space beyond the outermost atom on each side, A"
+    )
+    b_factor: float = Field(0.0, ge=0, description="B-factor added to every atom, A^2")
+    dose_weighting: bool = Field(
+        True, description="weight by the radiation damage of dose_start..dose_end"
+    )
+    dose_start: float = Field(
+        0.0, ge=0, description="first dose of the exposure, e/A^2"
+    )
+    dose_end: float = Field(30.0, gt=0, description="last dose of the exposure, e/A^2")
+    detector_mtf: bool = Field(
+        True, description="filter by a K2 (300 kV) detector MTF at the voxel size"
+    )
+
+    @model_validator(mode="after")
+    def _dose_order(self) -> ModelTemplate:
+        if self.dose_end <= self.dose_start:
+            raise ValueError(
+                f"dose_end ({self.dose_end}) must exceed dose_start "
+                f"({self.dose_start}) e/A^2"
+            )
+        return self
+
+
 class Preprocessing(_Strict):
-    """Whitening, bandpass and padding of the micrograph (resolutions in A)."""
+    """Outliers, whitening, bandpass and padding of a micrograph (resolutions in A)."""
 
     whitening: bool = True
     whitening_high_resolution: float | None = Field(None, gt=0)
     bandpass_low_resolution: float | None = Field(None, gt=0)
     bandpass_high_resolution: float | None = Field(None, gt=0)
     bandpass_falloff: float = Field(0.005, gt=0, description="edge width, 1/A")
+    contrast_inverted: bool = Field(
+        False,
+        description="the micrograph was contrast-inverted upstream (protein bright); "
+        "false for raw micrographs (protein dark at underfocus)",
+    )
+    outlier_sigma: float | None = Field(
+        5.0,
+        ge=3.0,
+        description="replace pixels beyond this many sigma of the clipped mean by "
+        "that mean before whitening (hot pixels, gold, ice); null keeps all",
+    )
     pad_to_fft_friendly: bool = True
     template_padding: float = Field(2.0, ge=1.0, le=4.0)
     template_pixel_size: float | None = Field(
@@ -193,6 +244,10 @@ class Preprocessing(_Strict):
     pad_template_to_cube: bool = Field(
         False, description="pad a non-cubic template to a cube instead of refusing it"
     )
+    model_template: ModelTemplate = Field(
+        default_factory=lambda: ModelTemplate.model_validate({}),
+        description="simulation of a template given as an atomic model",
+    )
 
     def filter_settings(self) -> FilterSettings:
         """Return the whitening and bandpass settings as a plain value object."""
@@ -202,6 +257,8 @@ class Preprocessing(_Strict):
             bandpass_low_resolution=self.bandpass_low_resolution,
             bandpass_high_resolution=self.bandpass_high_resolution,
             bandpass_falloff=self.bandpass_falloff,
+            contrast_inverted=self.contrast_inverted,
+            outlier_sigma=self.outlier_sigma,
         )
 
     @model_validator(mode="after")
@@ -239,6 +296,17 @@ class Compute(_Strict):
     # Two defocus maps per complex inverse FFT; auto: on the CPU (1.3-1.7x faster
     # there), not on CUDA; never with fp16. Changes the last bits of the maps.
     paired_transforms: bool | Literal["auto"] = "auto"
+    # Checked before the search starts, from the grid's size and a calibration.
+    max_hours: float = Field(
+        48.0,
+        gt=0,
+        description="stop before a search estimated to take longer (hours) unless "
+        "confirm_long_run",
+    )
+    confirm_long_run: bool = Field(
+        False,
+        description="run a search estimated to exceed max_hours or the free memory",
+    )
 
     @field_validator("batch_size", "chunk_size")
     @classmethod

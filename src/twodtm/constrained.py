@@ -26,8 +26,9 @@ import pandas as pd
 import torch
 
 from twodtm.config import ConstrainedConfig
-from twodtm.io.tables import write_csv_table, write_particles
+from twodtm.io.tables import write_coordinates, write_csv_table, write_particles
 from twodtm.local import small_rotations, window_mask, window_radius
+from twodtm.model_template import resolve_model_template
 from twodtm.orientations import angular_distance, euler_to_matrix, matrix_to_euler
 from twodtm.peaks import threshold_for_false_positives
 from twodtm.refine import (
@@ -224,6 +225,7 @@ def run_constrained(
     directory.
     """
     directory = output_directory(output, config.output, "particles.star", overwrite)
+    config = resolve_model_template(config, directory)
     micrograph, partners = load_micrograph_inputs(config)
     template = read_template(
         config.template, config.preprocessing, micrograph.whitened.device
@@ -242,9 +244,9 @@ def run_constrained(
     detected = (
         table[table["detected"]].drop(columns=["detected"]).reset_index(drop=True)
     )
-    write_particles(
-        detected, directory, Path(config.micrograph).name, micrograph.optics
-    )
+    name = Path(config.micrograph).name
+    write_coordinates(detected, directory, name)
+    write_particles(detected, directory, name, micrograph.optics)
     write_csv_table(table.assign(threshold=threshold), directory / "candidates.csv")
     return table, threshold
 

@@ -1,4 +1,14 @@
-"""Contrast transfer function filter stacks (torch-ctf) and envelopes."""
+"""Contrast transfer function filter stacks and envelopes, in the microscope's sign.
+
+The CTF here is cisTEM's (Rickgauer et al. 2017 use the same):
+``CTF(k) = -sin(chi(k))`` with
+``chi = pi lambda df k^2 - (pi / 2) Cs lambda^3 k^4 + phase_shift + arcsin(A)``,
+so that a raw micrograph (no contrast inversion) is ``1 + 2 CTF * phase``: at
+underfocus (``df > 0``) the CTF is negative at low frequency and protein, whose
+projected potential is positive, is dark. torch-ctf, which evaluates the formula,
+returns ``+sin(chi)`` (RELION's sign, for contrast-inverted particle images);
+``ctf_stack`` negates it.
+"""
 
 from __future__ import annotations
 
@@ -67,9 +77,14 @@ def ctf_stack(
     optics: Optics,
     defocus_offsets: torch.Tensor,
     image_shape: tuple[int, int],
-    pixel_size: float | None = None,
 ) -> torch.Tensor:
-    """CTFs at several defocus offsets on the rfft grid of an image.
+    """Physical CTFs (``-sin(chi)``) at several defocus offsets on an rfft grid.
+
+    The CTF is evaluated at the micrograph's nominal pixel size, always: a
+    pixel-size search rescales the template, while the Thon rings of the data stay
+    where CTFFIND fitted them, in pixel units (cisTEM keeps the CTF in pixel
+    units the same way). A defocus found at a trial pixel size ``p'`` is thus in
+    the nominal frame; the same rings at ``p'`` mean ``df (p' / p)^2``.
 
     Parameters
     ----------
@@ -79,23 +94,20 @@ def ctf_stack(
         ``(D,)`` offsets in Angstrom; the result lives on this tensor's device.
     image_shape : tuple[int, int]
         ``(H, W)`` of the real-space image.
-    pixel_size : float, optional
-        Pixel size to evaluate the CTF at (for a pixel-size search); defaults to
-        ``optics.pixel_size``.
 
     Returns
     -------
     torch.Tensor
         ``(D, H, W // 2 + 1)`` float32, unshifted rfft layout, with the B-factor
-        envelope applied.
+        envelope applied; negative at low frequency for underfocus.
     """
-    px = optics.pixel_size if pixel_size is None else pixel_size
+    px = optics.pixel_size
     du, dv, angle = optics.defocus_u, optics.defocus_v, optics.astigmatism_angle
     if du < dv:  # torch-ctf needs defocus_u >= defocus_v
         du, dv, angle = dv, du, angle + 90.0
     offsets = defocus_offsets.detach().clone().to(torch.float64)
     defocus_um = (0.5 * (du + dv) + offsets) * 1e-4
-    ctf = calculate_ctf_2d(
+    ctf = -calculate_ctf_2d(
         defocus=defocus_um.clone(),  # torch-ctf writes into this tensor
         astigmatism=0.5 * (du - dv) * 1e-4,
         astigmatism_angle=angle,

@@ -24,9 +24,10 @@ from twodtm.ctf import Optics
 from twodtm.evaluation import DetectionScore, match_to_truth
 from twodtm.io.mrc import read_mrc
 from twodtm.io.results import MatchResult
-from twodtm.io.tables import write_particles
+from twodtm.io.tables import write_coordinates, write_particles
 from twodtm.match import match_template
 from twodtm.peaks import PeakSettings, find_peaks
+from twodtm.progress import ProgressReporter, as_reporter
 from twodtm.report import write_report
 from twodtm.simulate import (
     Simulation,
@@ -42,6 +43,7 @@ DEMO_MAP = "demo_apoferritin.mrc"
 DEMO_SYMMETRY = "O"
 
 ProgressHook = Callable[[int, int], None]
+Progress = ProgressReporter | ProgressHook
 
 
 @dataclass(frozen=True)
@@ -139,7 +141,7 @@ def run_trial(
     search: SearchSettings,
     directory: str | Path,
     template_b_factor: float = 0.0,
-    progress: ProgressHook | None = None,
+    progress: Progress | None = None,
 ) -> Trial:
     """Simulate a micrograph, search it, pick peaks and score them against the truth.
 
@@ -160,8 +162,9 @@ def run_trial(
         Output directory.
     template_b_factor : float
         Extra B-factor (A^2) on the search template, to model template mismatch.
-    progress : callable, optional
-        ``progress(done, total)`` in orientations.
+    progress : ProgressReporter or callable, optional
+        Gets the phases and the search's size and progress; a plain callable is
+        called as ``progress(done, total)`` in orientations.
 
     Returns
     -------
@@ -169,13 +172,17 @@ def run_trial(
     """
     out = Path(directory)
     started = time.perf_counter()
+    reporter = as_reporter(progress)
+    reporter.note(f"demo: simulating a {params.image_shape} px micrograph in {out}")
     sim = simulate_micrograph(volume, optics, params)
     template = degrade_volume(volume, optics.pixel_size, b_factor=template_b_factor)
     write_simulation(sim, out, template, optics.pixel_size)
     config = match_config(out, optics, search)
-    result = match_template(config, progress)
+    result = match_template(config, reporter)
     result.save(out / "result")
+    reporter.note("demo: picking and scoring the particles")
     peaks = find_peaks(result, PeakSettings(), int(volume.shape[-1]))
+    write_coordinates(peaks, out / "result", "micrograph.mrc")
     write_particles(peaks, out / "result", "micrograph.mrc", optics)
     score = match_to_truth(peaks, sim.truth, volume.shape[-1] / 4, search.symmetry)
     return Trial(sim, result, peaks, score, time.perf_counter() - started)
@@ -223,7 +230,7 @@ DEMO_SEARCH = SearchSettings()
 def run_demo(
     directory: str | Path = "twodtm-demo",
     report: bool = True,
-    progress: ProgressHook | None = None,
+    progress: Progress | None = None,
     params: SimulationParams = DEMO_PARAMS,
     search: SearchSettings = DEMO_SEARCH,
 ) -> DetectionScore:
@@ -235,8 +242,8 @@ def run_demo(
         Where the micrograph, truth, result maps and particle tables go.
     report : bool
         Write a report of the run (figures) into ``directory`` as well.
-    progress : callable, optional
-        ``progress(done, total)`` in orientations of the search.
+    progress : ProgressReporter or callable, optional
+        Gets the phases and the search's progress (see ``run_trial``).
     params, search : optional
         Micrograph and search (smaller ones make quick tests).
 
@@ -250,15 +257,17 @@ def run_demo(
 def _demo_trial(
     directory: str | Path,
     report: bool,
-    progress: ProgressHook | None,
+    progress: Progress | None,
     params: SimulationParams,
     search: SearchSettings,
 ) -> Trial:
     volume, pixel_size = demo_volume()
     optics = demo_optics(pixel_size)
-    trial = run_trial(volume, optics, params, search, directory, 0.0, progress)
+    reporter = as_reporter(progress)
+    trial = run_trial(volume, optics, params, search, directory, 0.0, reporter)
     score_table(trial).to_csv(Path(directory) / "demo_scores.csv", index=False)
     if report:
+        reporter.note("demo: writing the report")
         _write_report(trial, Path(directory))
     return trial
 
@@ -284,7 +293,7 @@ def summary_lines(trial: Trial) -> list[str]:
 def run_demo_verbose(
     directory: str | Path = "twodtm-demo",
     report: bool = True,
-    progress: ProgressHook | None = None,
+    progress: Progress | None = None,
     params: SimulationParams = DEMO_PARAMS,
     search: SearchSettings = DEMO_SEARCH,
 ) -> list[str]:

@@ -39,3 +39,7 @@ class OutputWriteError(TwodtmError):
 
 class BatchSizeWarning(UserWarning):
     """The batch size was reduced because a batch did not fit in device memory."""
+
+
+class SearchTooLargeError(TwodtmError):
+    """A search would not fit in memory or would run past the time limit."""

@@ -15,16 +15,28 @@ from typing import Any
 
 import numpy as np
 import torch
-from rich.progress import Progress
 
 from twodtm.config import MatchConfig, dump_yaml
 from twodtm.ctf import Optics
 from twodtm.devices import resolve_devices
 from twodtm.errors import OutputExistsError
 from twodtm.io.mrc import read_mrc
-from twodtm.io.results import MatchResult
+from twodtm.io.results import MAP_NAMES, MatchResult
+from twodtm.memory import release_cached_memory
+from twodtm.model_template import (
+    load_template,
+    model_template_settings,
+    resolve_model_template,
+)
 from twodtm.orientations import orientation_grid
-from twodtm.preprocess import prepare_image, prepare_template
+from twodtm.preprocess import (
+    fft_friendly_size,
+    outlier_note,
+    prepare_image,
+    prepare_template,
+    replace_outliers,
+)
+from twodtm.progress import ProgressReporter, as_reporter
 from twodtm.search import engine
 from twodtm.search.checkpoint import fingerprint
 from twodtm.search.engine import build_search_inputs
@@ -41,11 +53,25 @@ from twodtm.search.runner import (
     run_search,
     start_state,
 )
+from twodtm.search.size import (
+    SearchSize,
+    available_bytes,
+    calibrate,
+    calibration_angles,
+    check_size,
+    count_orientations,
+    device_bytes,
+    host_bytes,
+)
 from twodtm.search.space import Chunk, SearchSpace
 from twodtm.search.statistics import SearchStatistics
 from twodtm.validation import check_match_inputs, check_output_writable
 
 ProgressHook = Callable[[int, int], None]
+# Orientations per timed run (three runs, after one warm-up orientation) that
+# estimate a search's duration: a batch's worth on CUDA, where batches pay.
+CALIBRATION_ORIENTATIONS = {"cpu": 4, "cuda": 16}
+CALIBRATION_RUNS = 3
 _VERSIONED = (
     "twodtm",
     "torch",
@@ -58,12 +84,18 @@ _VERSIONED = (
 
 @dataclass(frozen=True)
 class MatchInputs:
-    """Validated micrograph and template arrays with their optics."""
+    """Validated micrograph and template arrays with their optics.
+
+    ``micrograph`` has its outliers replaced already (``replaced_pixels`` of them,
+    ``preprocess.replace_outliers``), once on the host, so that every worker
+    searches the same image and the count reaches the result.
+    """
 
     micrograph: np.ndarray
     template: np.ndarray
     optics: Optics
     template_pixel_size: float
+    replaced_pixels: int = 0
 
 
 def load_inputs(config: MatchConfig) -> MatchInputs:
@@ -74,23 +106,38 @@ def load_inputs(config: MatchConfig) -> MatchInputs:
     InputFileError, InputDataError
         From ``io.mrc.read_mrc`` and ``validation.check_match_inputs``.
     """
-    checked = check_match_inputs(
-        config, read_mrc(config.micrograph), read_mrc(config.template)
-    )
+    # An atomic-model template is simulated in memory here; run_match instead
+    # caches its map in the result directory (model_template.resolve_model_template).
+    template = load_template(config.template, model_template_settings(config))
+    checked = check_match_inputs(config, read_mrc(config.micrograph), template)
+    micrograph, replaced = checked.micrograph, 0
+    sigma = config.preprocessing.outlier_sigma
+    if sigma is not None:
+        cleaned, replaced = replace_outliers(torch.from_numpy(micrograph), sigma)
+        micrograph = cleaned.numpy()
     return MatchInputs(
-        micrograph=checked.micrograph,
+        micrograph=micrograph,
         template=checked.template,
         optics=config.optics.to_optics(),
         template_pixel_size=checked.template_pixel_size,
+        replaced_pixels=replaced,
     )
 
 
-def build_search_space(config: MatchConfig) -> SearchSpace:
-    """Orientations x pixel sizes x defocus offsets from the config."""
+def build_search_space(
+    config: MatchConfig, euler_angles: torch.Tensor | None = None
+) -> SearchSpace:
+    """Orientations x pixel sizes x defocus offsets from the config.
+
+    ``euler_angles`` ``(N, 3)`` (degrees) replaces the config's orientation grid,
+    e.g. with a few angles to time the engine on.
+    """
     o = config.orientation_search
-    angles = orientation_grid(
-        o.in_plane_step, o.out_of_plane_step, o.symmetry, o.base_grid
-    )
+    angles = euler_angles
+    if angles is None:
+        angles = orientation_grid(
+            o.in_plane_step, o.out_of_plane_step, o.symmetry, o.base_grid
+        )
     pixel_offsets = torch.tensor(
         config.pixel_size_search.offsets(), dtype=torch.float64
     )
@@ -143,13 +190,23 @@ def _versions() -> dict[str, str]:
 
 
 def prepare_task(
-    config: MatchConfig, inputs: MatchInputs, space: SearchSpace, device: torch.device
+    config: MatchConfig,
+    inputs: MatchInputs,
+    space: SearchSpace,
+    device: torch.device,
+    total_orientations: int | None = None,
 ) -> SearchTask:
-    """Engine tensors and batching for one device."""
+    """Engine tensors and batching for one device.
+
+    ``total_orientations`` (default: those of ``space``) is the size of the whole
+    search, which decides whether the compiled statistics pay off; a calibration
+    task holds a few of its orientations only.
+    """
     image = prepare_image(
         torch.from_numpy(inputs.micrograph).to(device),
         inputs.optics.pixel_size,
-        config.preprocessing.filter_settings(),
+        # load_inputs replaced the outliers already
+        replace(config.preprocessing.filter_settings(), outlier_sigma=None),
         config.preprocessing.pad_to_fft_friendly,
     )
     template = torch.from_numpy(inputs.template).to(device)
@@ -161,12 +218,14 @@ def prepare_task(
         inputs.optics,
         space,
         inputs.template_pixel_size,
+        slice_size=engine.projection_box(template, int(template_dft.shape[-3])),
     )
     compute = config.compute
     engine.check_precision(compute.precision, device, image.padded_shape)
     fused = compute.fused_statistics
     if fused == "auto":
-        fused = engine.use_fused(device, space.size, image.shape)
+        n_total = total_orientations or space.n_orientations
+        fused = engine.use_fused(device, n_total * space.n_filters, image.shape)
     search_inputs = replace(
         search_inputs,
         precision=compute.precision,
@@ -180,7 +239,9 @@ def prepare_task(
         search_inputs = engine.pair_filters(search_inputs)
     batch = compute.batch_size
     if batch == "auto":
-        batch = engine.auto_batch_size(device, image.padded_shape, space.n_filters)
+        batch = engine.auto_batch_size(
+            device, image.padded_shape, space.n_filters, search_inputs.slice_size
+        )
     return SearchTask(search_inputs, space.euler_angles, image.shape, int(batch))
 
 
@@ -196,6 +257,8 @@ _RUN_ONLY = {
     "checkpoint_interval_minutes",
     "max_retries",
     "fused_statistics",
+    "max_hours",
+    "confirm_long_run",
 }
 
 
@@ -252,25 +315,134 @@ def _plan(config: MatchConfig, space: SearchSpace, executor: Executor) -> list[C
     return space.chunks(_chunk_size(config, space.n_orientations, int(batch)))
 
 
+def _engine_devices(executor: Executor) -> list[torch.device] | None:
+    """Devices the executor's engines run on; None for workers of a remote scheduler."""
+    if isinstance(executor, InProcessExecutor):
+        return [executor.device]
+    if isinstance(executor, DaskExecutor):
+        if executor.scheduler is not None:
+            return None
+        names = executor.devices or ("cpu",)
+        return [torch.device(names[k % len(names)]) for k in range(executor.n_workers)]
+    return [torch.device("cpu")]
+
+
+def _padded_shape(config: MatchConfig, shape: tuple[int, int]) -> tuple[int, int]:
+    if not config.preprocessing.pad_to_fft_friendly:
+        return shape
+    return (fft_friendly_size(shape[0]), fft_friendly_size(shape[1]))
+
+
+def calibration_task(
+    config: MatchConfig, inputs: MatchInputs, device: torch.device, total: int
+) -> SearchTask:
+    """Build the search's engine on ``device`` over a few calibration angles."""
+    per_run = CALIBRATION_ORIENTATIONS.get(device.type, 4)
+    angles = calibration_angles(1 + CALIBRATION_RUNS * per_run)
+    space = build_search_space(config, angles)
+    return prepare_task(config, inputs, space, device, total_orientations=total)
+
+
+def estimate_size(
+    config: MatchConfig, inputs: MatchInputs, devices: list[torch.device] | None
+) -> SearchSize:
+    """Size and memory of the search on ``devices`` (None: remote), not timed yet.
+
+    The orientations are counted from the steps, without building the grid.
+    """
+    o = config.orientation_search
+    n = count_orientations(
+        o.in_plane_step, o.out_of_plane_step, o.symmetry, o.base_grid
+    )
+    n_defocus = len(config.defocus_search.offsets())
+    n_pixel = len(config.pixel_size_search.offsets())
+    shape = (int(inputs.micrograph.shape[0]), int(inputs.micrograph.shape[1]))
+    batch = config.compute.batch_size
+    on_gpu = sorted({str(d) for d in devices or () if d.type == "cuda"})
+    return SearchSize(
+        n_orientations=n,
+        n_defocus=n_defocus,
+        n_pixel_sizes=n_pixel,
+        image_shape=shape,
+        host_bytes=host_bytes(n, shape),
+        device_bytes=device_bytes(
+            n_defocus * n_pixel,
+            _padded_shape(config, shape),
+            int(inputs.template.shape[-1]),
+            config.preprocessing.template_padding,
+            16 if batch == "auto" else batch,
+        ),
+        available_host=available_bytes(torch.device("cpu")),
+        available_device=(available_bytes(torch.device(on_gpu[0])) if on_gpu else None),
+        workers_per_host=0 if on_gpu or devices is None else len(devices),
+        seconds_per_orientation=None,
+        parallel=max(1, len(on_gpu)),
+        device="remote workers" if devices is None else str(devices[0]),
+    )
+
+
+def size_search(
+    config: MatchConfig,
+    inputs: MatchInputs,
+    executor: Executor,
+    progress: ProgressReporter | None = None,
+    label: str = "match",
+) -> tuple[SearchSize, SearchTask | None]:
+    """Size the search from its steps, and time it with a short calibration.
+
+    The calibration times a few orientations of the real engine on the first
+    device; it is skipped for remote workers and for a search that does not fit
+    in memory. In-process, its task is returned to serve the search itself.
+    ``progress`` is told when the calibration starts.
+    """
+    devices = _engine_devices(executor)
+    size = estimate_size(config, inputs, devices)
+    if devices is None:
+        return size, None
+    if size.problems(config.compute.max_hours):  # it cannot fit: do not time it
+        return replace(size, device="not timed: it does not fit in memory"), None
+    if progress is not None:
+        progress.note(f"{label}: timing the engine on {devices[0]} (calibration)")
+    task = calibration_task(config, inputs, devices[0], size.n_orientations)
+    timed = task
+    if not isinstance(executor, InProcessExecutor):  # workers compile their own
+        timed = replace(task, inputs=replace(task.inputs, fused=False))
+    size = replace(size, seconds_per_orientation=calibrate(timed, CALIBRATION_RUNS))
+    if isinstance(executor, InProcessExecutor):
+        return size, task
+    del task, timed
+    release_cached_memory()  # the device is the workers' now
+    return size, None
+
+
 def match_template(
     config: MatchConfig,
-    progress: ProgressHook | None = None,
+    progress: ProgressReporter | ProgressHook | None = None,
     *,
     executor: Executor | None = None,
     checkpoint: CheckpointPolicy | None = None,
+    label: str = "match",
 ) -> MatchResult:
     """Run the global search described by ``config`` and return its result.
+
+    Before the search, its size (orientations x planes, correlations, memory) and
+    a calibrated time estimate are reported (``progress.note``); a search that
+    would not fit in memory or would exceed ``compute.max_hours`` stops there
+    unless ``compute.confirm_long_run`` is set.
 
     Parameters
     ----------
     config : MatchConfig
         Validated configuration (inputs are read from its paths).
-    progress : callable, optional
-        Called as ``progress(done, total)`` in orientations.
+    progress : ProgressReporter or callable, optional
+        Where the size and the progress go; a plain callable is called as
+        ``progress(done, total)`` in orientations.
     executor : Executor, optional
         Where the chunks run (default: from ``config.compute``, closed at the end).
     checkpoint : CheckpointPolicy, optional
         Resume from, and save to, a checkpoint file (default: none).
+    label : str
+        Name of the task in progress lines.
 
     Returns
     -------
@@ -279,41 +451,64 @@ def match_template(
 
     Raises
     ------
+    SearchTooLargeError
+        The search would not fit or would take too long, and was not confirmed.
     CheckpointError
         The checkpoint is corrupt or belongs to another search.
     SearchFailedError
         A chunk kept failing; the checkpoint holds every finished chunk.
     """
     started = time.perf_counter()
+    reporter = as_reporter(progress)
     inputs = load_inputs(config)
-    space = build_search_space(config)
     settings = search_settings(config, inputs)
     policy = checkpoint or CheckpointPolicy(None)
     with contextlib.ExitStack() as stack:
         if executor is None:
             executor = stack.enter_context(executor_for(config))
+        size, ready = size_search(config, inputs, executor, reporter, label)
+        reporter.note(size.describe(label))
+        if inputs.replaced_pixels:
+            reporter.note(
+                outlier_note(
+                    label,
+                    inputs.replaced_pixels,
+                    inputs.micrograph.size,
+                    config.preprocessing.outlier_sigma,
+                )
+            )
+        compute = config.compute
+        check_size(size, compute.max_hours, compute.confirm_long_run)
+        space = build_search_space(config)
         shape = (int(inputs.micrograph.shape[0]), int(inputs.micrograph.shape[1]))
         state = start_state(policy, settings, _plan(config, space, executor), shape)
-        factory = MatchTaskFactory(config, fingerprint(settings))
-        if isinstance(executor, InProcessExecutor):
-            factory = MatchTaskFactory(config, factory.key, inputs)
+        task: SearchTask | MatchTaskFactory = MatchTaskFactory(
+            config, fingerprint(settings)
+        )
+        if ready is not None:
+            task = replace(ready, euler_angles=space.euler_angles)
         done = sum(c.size for c in state.done)
+        reporter.start(label, space.n_orientations, "orientations", done=done)
 
         def advance(n: int) -> None:
-            nonlocal done
-            done += n
-            if progress is not None:
-                progress(done, space.n_orientations)
+            reporter.advance(n, n * space.n_filters)
 
-        advance(0)
-        state = run_search(executor, factory, state, policy, advance)
+        try:
+            state = run_search(executor, task, state, policy, advance)
+        except BaseException:
+            reporter.stop()
+            raise
+        reporter.finish()
     stats = state.statistics
     elapsed = time.perf_counter() - started
     return MatchResult(
         maps=decode_maps(stats, space, inputs.optics),
         pixel_size=inputs.optics.pixel_size,
         metadata=_metadata(config, space, stats, elapsed, _describe(executor))
-        | {"template_size": int(inputs.template.shape[-1])},
+        | {
+            "template_size": int(inputs.template.shape[-1]),
+            "replaced_pixels": inputs.replaced_pixels,
+        },
     )
 
 
@@ -338,8 +533,9 @@ def _metadata(
         "config": config.model_dump(mode="json"),
         "config_yaml": dump_yaml(config),
         "search_space": space.summary(),
+        # one correlation per pixel of each of the count correlation maps
         "correlations_per_pixel": stats.count,
-        "total_correlations": stats.count,
+        "total_correlations": stats.count * math.prod(stats.shape),
         "image_shape": list(stats.shape),
         "run_time_s": elapsed,
         "correlations_per_second": stats.count / max(elapsed, 1e-9),
@@ -363,47 +559,48 @@ def run_match(
     config: MatchConfig,
     output: str | Path | None = None,
     overwrite: bool = False,
-    progress_bar: Progress | None = None,
+    progress: ProgressReporter | None = None,
     *,
     restart: bool = False,
     executor: Executor | None = None,
+    label: str = "match",
 ) -> MatchResult:
-    """Search and save into ``output`` (or the config's directory), with a progress bar.
+    """Search and save into ``output`` (or the config's directory).
 
     The output directory is checked before any heavy work. A checkpoint
     (``match.checkpoint``) is saved there every
-    ``compute.checkpoint_interval_minutes`` and when the run fails; running again
-    resumes from it (``restart=True`` discards it) and it is deleted once the
-    result is saved.
+    ``compute.checkpoint_interval_minutes`` and when the run stops (an error,
+    Ctrl-C); running again resumes from it (``restart=True`` discards it) and it
+    is deleted once the result is saved. ``progress`` gets the search's size and
+    progress (see ``match_template``).
     """
     directory = check_output_directory(
         output or config.output.directory, overwrite or config.output.overwrite
     )
+    config = resolve_model_template(config, directory)
     policy = CheckpointPolicy(
         directory / CHECKPOINT_NAME,
         60.0 * config.compute.checkpoint_interval_minutes,
         restart,
     )
-    if progress_bar is None:
-        result = match_template(config, executor=executor, checkpoint=policy)
-    else:
-        with progress_bar:
-            hook = _bar_hook(progress_bar, config)
-            result = match_template(config, hook, executor=executor, checkpoint=policy)
-    result.save(directory)
+    result = match_template(
+        config, progress, executor=executor, checkpoint=policy, label=label
+    )
+    save_result(result, directory)
     remove_checkpoint(policy)
     return result
 
 
-def _bar_hook(bar: Progress, config: MatchConfig) -> ProgressHook:
-    n_filters = len(config.defocus_search.offsets()) * len(
-        config.pixel_size_search.offsets()
-    )
-    task = bar.add_task("match", total=None, rate="")
-    started = time.perf_counter()
+def save_result(result: MatchResult, directory: Path) -> None:
+    """Save ``result``; stopped part-way (Ctrl-C, disk full), remove its maps.
 
-    def hook(done: int, total: int) -> None:
-        rate = done * n_filters / max(time.perf_counter() - started, 1e-9)
-        bar.update(task, completed=done, total=total, rate=f"{rate:,.0f} corr/s")
-
-    return hook
+    ``MatchResult.save`` writes ``result.json`` last, so maps without it are an
+    unfinished result; they are removed rather than left for the user to mistake
+    for one. The checkpoint is kept, so the search need not run again.
+    """
+    try:
+        result.save(directory)
+    except BaseException:
+        for name in MAP_NAMES:
+            (directory / f"{name}.mrc").unlink(missing_ok=True)
+        raise

@@ -29,6 +29,7 @@ from twodtm.errors import InputDataError
 from twodtm.io.atomic import atomic_path, write_text_atomic
 from twodtm.io.mrc import read_mrc
 from twodtm.io.tables import write_csv_table
+from twodtm.model_template import resolve_model_template
 from twodtm.refine import (
     LocalSettings,
     Micrograph,
@@ -248,6 +249,7 @@ def run_optimize(
     nominal pixel size) into the output directory.
     """
     directory = output_directory(output, config.output, "optimize.json", overwrite)
+    config = resolve_model_template(config, directory, config.nominal_pixel_size)
     micrograph, particles = load_micrograph_inputs(config)
     source, nominal = _source(config, micrograph.whitened.device)
     settings = local_settings_from(config.search, config.compute.batch_size)

@@ -68,25 +68,31 @@ def matrix_to_euler(matrices: torch.Tensor) -> torch.Tensor:
     Parameters
     ----------
     matrices : torch.Tensor
-        ``(..., 3, 3)`` rotation matrices.
+        ``(..., 3, 3)`` rotation matrices (not modified).
 
     Returns
     -------
     torch.Tensor
         ``(..., 3)`` (phi, theta, psi), phi and psi in [0, 360), theta in [0, 180].
+        At the poles (theta = 0 or 180) only phi + psi or phi - psi is defined;
+        there phi = 0 and psi carries the in-plane angle, as in the search grids.
     """
     m = matrices
-    theta = torch.arccos(torch.clamp(m[..., 2, 2], -1.0, 1.0))
+    # The third column is R @ z = (cos phi sin theta, sin phi sin theta, cos theta);
+    # atan2 of its length stays accurate next to the poles, where arccos does not.
+    sin_theta = torch.hypot(m[..., 0, 2], m[..., 1, 2])
+    theta = torch.atan2(sin_theta, m[..., 2, 2])
     phi = torch.atan2(m[..., 1, 2], m[..., 0, 2])
-    psi = torch.atan2(m[..., 2, 1], -m[..., 2, 0])
-    # At theta = 0 or 180 only phi + psi (or phi - psi) is defined: put it in phi.
-    gimbal = torch.sin(theta).abs() < 1e-6
-    phi_g = torch.atan2(m[..., 1, 0], m[..., 0, 0])
-    phi = torch.where(gimbal, phi_g, phi)
-    psi = torch.where(gimbal, torch.zeros_like(psi), psi)
-    angles = torch.rad2deg(torch.stack([phi, theta, psi], -1))
-    wrapped = torch.remainder(angles[..., [0, 2]], 360.0)
-    return torch.stack([wrapped[..., 0], angles[..., 1], wrapped[..., 1]], -1)
+    pole = sin_theta <= 16 * torch.finfo(m.dtype).eps
+    phi = torch.where(pole, torch.zeros_like(phi), phi)
+    # psi from what is left, Rz(psi) = Ry(-theta) Rz(-phi) R, so the three angles
+    # reproduce R whatever phi is: no separate (and sign-prone) case per pole.
+    residual = _ry(-theta) @ _rz(-phi) @ m
+    psi = torch.atan2(residual[..., 1, 0], residual[..., 0, 0])
+    wrapped = torch.remainder(torch.rad2deg(torch.stack([phi, psi], -1)), 360.0)
+    # remainder(-1e-17, 360) rounds to 360.0, outside [0, 360)
+    wrapped = torch.where(wrapped >= 360.0, wrapped - 360.0, wrapped)
+    return torch.stack([wrapped[..., 0], torch.rad2deg(theta), wrapped[..., 1]], -1)
 
 
 def parse_symmetry(symmetry: str) -> tuple[str, int]:

@@ -74,10 +74,13 @@ class ParticleBoxes:
 def particle_ctfs(
     optics: Optics,
     defocus: torch.Tensor,
-    pixel_sizes: torch.Tensor,
+    n_pixel_sizes: int,
     shape: tuple[int, int],
 ) -> torch.Tensor:
-    """CTFs of every particle's defocus values at each of its pixel sizes.
+    """CTFs of every particle's defocus values, repeated for each pixel size.
+
+    The CTF does not change with the trial pixel size: it stays in the pixel
+    units where CTFFIND fitted it (see ``ctf.ctf_stack``).
 
     Parameters
     ----------
@@ -86,8 +89,8 @@ def particle_ctfs(
         by each value of ``defocus``.
     defocus : torch.Tensor
         ``(N, D)`` absolute defocus, Angstrom (on the result's device).
-    pixel_sizes : torch.Tensor
-        ``(N, S)`` pixel sizes, Angstrom.
+    n_pixel_sizes : int
+        S, the pixel sizes tried per particle.
     shape : tuple[int, int]
         ``(h, w)`` of the boxes.
 
@@ -98,17 +101,8 @@ def particle_ctfs(
     """
     n, d = defocus.shape
     offsets = defocus - optics.defocus_mean
-    ctfs = torch.empty(
-        (n, pixel_sizes.shape[1], d, shape[0], shape[1] // 2 + 1),
-        device=defocus.device,
-    )
-    # One CTF stack per distinct pixel size (usually one or S): all particles with
-    # that size, each with its own defocus values.
-    for value in torch.unique(pixel_sizes).tolist():
-        particle, size = torch.nonzero(pixel_sizes == value, as_tuple=True)
-        stack = ctf_stack(optics, offsets[particle].flatten(), shape, value)
-        ctfs[particle, size] = stack.unflatten(0, (len(particle), d))
-    return ctfs
+    stack = ctf_stack(optics, offsets.flatten(), shape).unflatten(0, (n, d))
+    return stack[:, None].expand(n, n_pixel_sizes, *stack.shape[1:])
 
 
 def batch_inputs(
@@ -139,7 +133,9 @@ def batch_inputs(
     size = int(boxes.dfts.shape[-2])
     shape = (size, size)
     device = boxes.dfts.device
-    filters = particle_ctfs(optics, boxes.defocus.to(device), boxes.pixel_sizes, shape)
+    filters = particle_ctfs(
+        optics, boxes.defocus.to(device), int(boxes.pixel_sizes.shape[1]), shape
+    )
     filters = filters * box_filter
     weights = filters.square() * parseval_weights(shape, device)
     scales = template.pixel_size / boxes.pixel_sizes.flatten()

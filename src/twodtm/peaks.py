@@ -23,7 +23,7 @@ from scipy import ndimage, special
 from twodtm.ctf import Optics
 from twodtm.errors import ConfigError, InputFileError
 from twodtm.io.results import MatchResult
-from twodtm.io.tables import write_particles
+from twodtm.io.tables import write_coordinates, write_particles
 
 PEAK_COLUMNS = (
     "x",
@@ -43,6 +43,7 @@ PEAK_COLUMNS = (
     "mean",
     "std",
     "pvalue",
+    "n_trials",
 )
 
 
@@ -185,7 +186,9 @@ def find_peaks(
     pandas.DataFrame
         One row per peak, highest z-score first, with the columns of
         ``PEAK_COLUMNS`` (positions in pixels and Angstrom, angles in degrees,
-        defocus in Angstrom, ``pvalue`` family-wise, see the module doc).
+        defocus in Angstrom, ``pvalue`` family-wise, see the module doc, and
+        ``n_trials``, the search's number of trials behind it, so that refine can
+        recompute the p-value of a refined z-score; NaN when not recorded).
     """
     distance = (
         template_size / 2 if settings.min_distance is None else settings.min_distance
@@ -216,6 +219,7 @@ def find_peaks(
             if n_trials is not None
             else np.full(len(rows), np.nan)
         ),
+        "n_trials": np.full(len(rows), np.nan if n_trials is None else n_trials),
     }
     return pd.DataFrame(table, columns=list(PEAK_COLUMNS))
 
@@ -259,11 +263,27 @@ def pick_and_write(
     result_dir: str | os.PathLike[str],
     settings: PeakSettings,
     template_size: int | None = None,
+    micrograph_name: str | None = None,
 ) -> pd.DataFrame:
-    """Find peaks in a result directory and write particles.star and particles.csv.
+    """Find peaks in a result directory and write the particle tables into it.
 
-    The template size (unless given) and optics come from ``result.json``; the
-    number of trials from its search-space size times the number of pixels.
+    Writes ``particles.star`` and ``particles.csv`` (the full table) and what
+    RELION's extraction reads: ``<micrograph stem>_twodtm.star`` and
+    ``coordinates.star`` (see ``io.tables.write_coordinates``). The template size
+    (unless given) and optics come from ``result.json``; the number of trials from
+    its search-space size times the number of pixels.
+
+    Parameters
+    ----------
+    result_dir : path
+        Result directory of ``twodtm match``.
+    settings : PeakSettings
+        Threshold, suppression distance and border.
+    template_size : int, optional
+        Template box edge, pixels (default: from ``result.json``).
+    micrograph_name : str, optional
+        ``rlnMicrographName`` written to the STAR files (default: the micrograph
+        path that was searched); give the name RELION's micrographs STAR uses.
 
     Returns
     -------
@@ -274,8 +294,9 @@ def pick_and_write(
     result = MatchResult.load(directory)
     size = _template_size(result, directory) if template_size is None else template_size
     peaks = find_peaks(result, settings, size)
-    micrograph = str(
+    micrograph = micrograph_name or str(
         result.metadata.get("config", {}).get("micrograph", "micrograph.mrc")
     )
     write_particles(peaks, directory, micrograph, _optics(result))
+    write_coordinates(peaks, directory, micrograph)
     return peaks

@@ -12,8 +12,10 @@ does not depend on which others it is batched with.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
-from collections.abc import Sequence
+import warnings
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -33,7 +35,7 @@ from twodtm.ctf import Optics
 from twodtm.devices import resolve_devices
 from twodtm.errors import InputDataError, OutputExistsError
 from twodtm.io.mrc import read_mrc
-from twodtm.io.tables import read_particles, write_particles
+from twodtm.io.tables import read_particles, write_coordinates, write_particles
 from twodtm.local import (
     LocalGrid,
     box_dfts,
@@ -46,6 +48,11 @@ from twodtm.local import (
     whitened_real_image,
     window_radius,
 )
+from twodtm.model_template import (
+    ModelTemplateSettings,
+    load_template,
+    resolve_model_template,
+)
 from twodtm.orientations import angular_distance, euler_to_matrix
 from twodtm.particle_batch import (
     BestPose,
@@ -57,7 +64,14 @@ from twodtm.particle_batch import (
     orientations_per_chunk,
     search_windows,
 )
-from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
+from twodtm.peaks import family_pvalue
+from twodtm.preprocess import (
+    FilterSettings,
+    outlier_note,
+    prepare_image,
+    prepare_template,
+)
+from twodtm.progress import ProgressReporter, expect_work
 
 _POSE_COLUMNS = ("x", "y", "phi", "theta", "psi")
 
@@ -85,12 +99,15 @@ class Micrograph:
         Shape the filter was computed at.
     optics : Optics
         Micrograph optics (its defocus is the micrograph's mean defocus).
+    replaced_pixels : int
+        Outliers replaced before whitening (``preprocess.replace_outliers``).
     """
 
     whitened: torch.Tensor
     template_filter: torch.Tensor
     padded_shape: tuple[int, int]
     optics: Optics
+    replaced_pixels: int = 0
 
     def box_filter(self, size: int) -> torch.Tensor:
         """Return the template filter resampled onto a ``size x size`` box."""
@@ -107,6 +124,7 @@ def prepare_micrograph(
         template_filter=prepared.template_filter,
         padded_shape=prepared.padded_shape,
         optics=optics,
+        replaced_pixels=prepared.replaced_pixels,
     )
 
 
@@ -308,6 +326,7 @@ def _search_pass(
     template: Template,
     starts: Sequence[Pose],
     settings: LocalSettings,
+    progress: ProgressReporter,
 ) -> list[LocalFit]:
     sizes = [_box_size(template, micrograph.optics, p, settings) for p in starts]
     fits: dict[int, LocalFit] = {}
@@ -316,7 +335,20 @@ def _search_pass(
             micrograph, template, [starts[i] for i in batch], sizes[batch[0]], settings
         )
         fits.update(zip(batch, found, strict=True))
+        progress.advance(len(batch), sum(f.n_trials for f in found))
     return [fits[i] for i in range(len(starts))]
+
+
+def _size_note(n_particles: int, settings: LocalSettings) -> str:
+    orientations = int(local_orientations(torch.zeros(3), settings.grid).shape[0])
+    defocus, pixel = len(settings.defocus_offsets), len(settings.pixel_size_offsets)
+    trials = orientations * defocus * pixel
+    return (
+        f"local search size: {n_particles:,} particles x {orientations} orientations "
+        f"x {defocus * pixel} planes ({defocus} defocus x {pixel} pixel sizes) = "
+        f"{trials:,} correlations per particle and pass, {settings.iterations} "
+        f"pass(es), within {settings.max_shift:g} px"
+    )
 
 
 def fit_particles(
@@ -328,18 +360,23 @@ def fit_particles(
     """Refine particles from their ``starts`` with ``settings.iterations`` passes.
 
     Particles are searched in batches of up to ``settings.particle_batch_size``
-    that share a box size, on the device of the micrograph and template.
+    that share a box size, on the device of the micrograph and template. The
+    work (particles x passes) and its progress go to the reporter made current
+    by ``progress.reporting`` (none: nothing is shown).
 
     Returns
     -------
     list[LocalFit]
         One fit per start, in order.
     """
+    work = len(starts) * settings.iterations
+    progress = expect_work(work, _size_note(len(starts), settings))
     with torch.inference_mode():
-        fits = _search_pass(micrograph, template, starts, settings)
+        fits = _search_pass(micrograph, template, starts, settings, progress)
         for _ in range(settings.iterations - 1):
             settings = settings.halved()
-            fits = _search_pass(micrograph, template, [f.pose for f in fits], settings)
+            moved = [f.pose for f in fits]
+            fits = _search_pass(micrograph, template, moved, settings, progress)
     return fits
 
 
@@ -379,6 +416,8 @@ def _refined_row(row: pd.Series, fit: LocalFit, start: Pose, optics: Optics) -> 
     )
     out.update(defocus=pose.defocus, pixel_size=pose.pixel_size, mip=fit.correlation)
     out["zscore"] = zscore
+    if "pvalue" in out or "n_trials" in out:
+        out["pvalue"] = _refined_pvalue(zscore, row)
     for name in ("defocus_u", "defocus_v"):
         if name in out:
             out[name] = float(row[name]) + delta_defocus
@@ -396,6 +435,19 @@ def _refined_row(row: pd.Series, fit: LocalFit, start: Pose, optics: Optics) -> 
         delta_zscore=zscore - float(row["zscore"]) if "zscore" in row else np.nan,
     )
     return out
+
+
+def _refined_pvalue(zscore: float, row: pd.Series) -> float:
+    """Family-wise p-value of a refined z-score over the global search's trials.
+
+    The z-score is against the global noise model, so the global number of trials
+    (``n_trials``, written by ``twodtm peaks``) applies; without it the p-value is
+    unknown (NaN), not the stale one of the start.
+    """
+    n_trials = float(row["n_trials"]) if "n_trials" in row else float("nan")
+    if not np.isfinite(n_trials) or n_trials <= 0:
+        return float("nan")
+    return float(family_pvalue(np.array([zscore]), n_trials)[0])
 
 
 def refine_particles(
@@ -423,7 +475,8 @@ def refine_particles(
     pandas.DataFrame
         The same columns holding the refined values (x, y, angles, defocus,
         defocus_u/v, pixel_size, mip, zscore re-normalised with the global mean
-        and std) plus their changes: delta_x, delta_y (px), delta_angle (deg,
+        and std, pvalue recomputed for that z-score from the table's n_trials,
+        NaN without it) plus their changes: delta_x, delta_y (px), delta_angle (deg,
         geodesic), delta_defocus (A), delta_pixel_size (A), delta_zscore.
     """
     check_particle_table(particles, "particles")
@@ -488,9 +541,21 @@ def read_micrograph(
             f"{data.shape}; pass the motion-corrected sum."
         )
     image = torch.from_numpy(data).to(device)
-    return prepare_micrograph(
+    micrograph = prepare_micrograph(
         image, optics, fields.filter_settings(), fields.pad_to_fft_friendly
     )
+    if micrograph.replaced_pixels:
+        # the particle programs' one channel to the log is a warning line
+        warnings.warn(
+            outlier_note(
+                Path(path).name,
+                micrograph.replaced_pixels,
+                data.size,
+                fields.outlier_sigma,
+            ),
+            stacklevel=2,
+        )
+    return micrograph
 
 
 def read_template(
@@ -498,9 +563,13 @@ def read_template(
     fields: Preprocessing,
     device: torch.device,
     pixel_size: float | None = None,
+    model: ModelTemplateSettings | None = None,
 ) -> Template:
-    """Read a cubic map at ``pixel_size``, else the config's, else the header's."""
-    mrc = read_mrc(path)
+    """Read a cubic map at ``pixel_size``, else the config's, else the header's.
+
+    An atomic model is simulated with ``model`` (``model_template.load_template``).
+    """
+    mrc = load_template(path, model)
     volume = mrc.data
     if volume.ndim != 3 or len(set(volume.shape)) != 1:
         raise InputDataError(
@@ -566,11 +635,33 @@ def run_refine(
         The refined table (see ``refine_particles``).
     """
     directory = output_directory(output, config.output, "particles.star", overwrite)
+    config = resolve_model_template(config, directory)
     micrograph, particles = load_micrograph_inputs(config)
     template = read_template(
         config.template, config.preprocessing, micrograph.whitened.device
     )
     settings = local_settings_from(config.search, config.compute.batch_size)
     refined = refine_particles(micrograph, template, particles, settings)
-    write_particles(refined, directory, Path(config.micrograph).name, micrograph.optics)
+    name = Path(config.micrograph).name
+    with all_or_nothing(directory):
+        write_coordinates(refined, directory, name)
+        write_particles(refined, directory, name, micrograph.optics)
     return refined
+
+
+@contextlib.contextmanager
+def all_or_nothing(directory: Path) -> Iterator[None]:
+    """Remove the files written in the block if it raises (Ctrl-C, disk full).
+
+    Each writer is atomic; this makes a group of them so: a file that is new, or
+    newer than before the block, is deleted when the block does not complete.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    before = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+    try:
+        yield
+    except BaseException:
+        for path in directory.iterdir():
+            if path.is_file() and before.get(path.name) != path.stat().st_mtime_ns:
+                path.unlink(missing_ok=True)
+        raise

@@ -14,8 +14,9 @@ approximation the expected count per pixel is::
 
     counts = dose * pixel_size**2 * (1 + 2 * (CTF * phi))
 
-(``dose`` in e/A^2; the factor 2 is the weak-phase intensity term; the CTF sign is
-torch-ctf's, the one the engine correlates with). Counts are Poisson distributed,
+(``dose`` in e/A^2; the factor 2 is the weak-phase intensity term; the CTF is the
+microscope's, ``-sin(chi)`` (``ctf.ctf_stack``), so particles at underfocus are
+dark, as in a raw micrograph). Counts are Poisson distributed,
 optionally plus Gaussian read noise. The matched-filter SNR of a particle is then
 ``2 * sqrt(dose * integral (CTF * phi)^2 dA)``: it grows as ``sqrt(dose)``.
 """
@@ -128,6 +129,8 @@ def map_from_model(
     box_size: int,
     b_factor: float = 0.0,
     voltage: float = 300.0,
+    *,
+    filters: SimulatorConfig | None = None,
 ) -> torch.Tensor:
     """Simulate the 3D potential of an atomic model (PDB/mmCIF) with ttsim3d.
 
@@ -148,12 +151,16 @@ def map_from_model(
         Extra B-factor added to every atom, A^2.
     voltage : float
         Acceleration voltage, kV.
+    filters : ttsim3d.models.SimulatorConfig, optional
+        ttsim3d's dose-weighting and detector filters (its voltage is replaced by
+        ``voltage``); default: a K2 MTF/DQE and 0-30 e/A^2 dose weighting. The MTF
+        acts in inverse voxels of the simulation, at ``pixel_size / k``.
 
     Returns
     -------
     torch.Tensor
         ``(box_size,) * 3`` float32 potential (ttsim3d units, see module doc),
-        with a K2 MTF/DQE and 0-30 e/A^2 dose weighting applied.
+        with the filters applied.
     """
     file = Path(path)
     if not file.is_file():
@@ -165,7 +172,9 @@ def map_from_model(
         pixel_spacing=pixel_size / factor,
         volume_shape=(size, size, size),
         additional_b_factor=b_factor,
-        simulator_config=SimulatorConfig(voltage=voltage, mtf_reference="k2_300kv"),
+        simulator_config=(
+            filters or SimulatorConfig(mtf_reference="k2_300kv")
+        ).model_copy(update={"voltage": voltage}),
     )
     with torch.inference_mode():
         volume = simulator.run(device="cpu").detach().clone()

@@ -1,24 +1,24 @@
-"""The typer application, its console and progress bar, and the error-handling entry."""
+"""The typer application, its console and progress, and the error-handling entry."""
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import signal
+import sys
 import warnings
+from collections.abc import Iterator
+from types import FrameType
 from typing import TextIO
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
-from rich.progress import (
-    BarColumn,
-    MofNCompleteColumn,
-    Progress,
-    TextColumn,
-    TimeElapsedColumn,
-    TimeRemainingColumn,
-)
 
 from twodtm.errors import TwodtmError
 from twodtm.memory import is_out_of_memory
+from twodtm.progress import BarProgress, PlainProgress, ProgressReporter
 
 BAD_INPUT = 2
 FAILED = 1
@@ -41,17 +41,21 @@ app = typer.Typer(
 console = Console(stderr=True)
 
 
-def correlation_progress() -> Progress:
-    """Make a progress bar showing work done, correlations per second and time left."""
-    return Progress(
-        TextColumn("[bold]{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("{task.fields[rate]}"),
-        TimeElapsedColumn(),
-        TimeRemainingColumn(),
-        console=console,
-    )
+# "plain" asks for plain progress lines on a terminal too (e.g. `| tee log`).
+PROGRESS_ENV = "TWODTM_PROGRESS"
+
+
+def make_progress() -> ProgressReporter:
+    """Make the progress of a long run: the rich bar on a terminal, else plain lines.
+
+    The bar needs stdout and stderr both on a terminal; a SLURM log, a pipe or a
+    file gets plain lines on stderr at a steady pace (see ``twodtm.progress``).
+    Use the result in a ``with`` block.
+    """
+    plain = os.environ.get(PROGRESS_ENV, "").strip().lower() == "plain"
+    if console.is_terminal and sys.stdout.isatty() and not plain:
+        return BarProgress(console)
+    return PlainProgress()
 
 
 def fail(message: str) -> None:
@@ -122,14 +126,71 @@ def _run_app() -> int:
     return 0
 
 
+class _Interrupts:
+    """Counts SIGINTs (Ctrl-C); each still raises KeyboardInterrupt."""
+
+    def __init__(self) -> None:
+        self.received = 0
+
+    def __call__(self, signum: int, frame: FrameType | None) -> None:
+        self.received += 1
+        raise KeyboardInterrupt
+
+
+@contextlib.contextmanager
+def _counting_interrupts() -> Iterator[_Interrupts]:
+    """Count SIGINTs inside the block, where Python's own handler is installed.
+
+    A SIGINT ignored by the parent (``nohup``, a background job) stays ignored.
+    """
+    interrupts = _Interrupts()
+    try:
+        previous = signal.getsignal(signal.SIGINT)
+        if previous is not signal.default_int_handler:
+            yield interrupts
+            return
+        signal.signal(signal.SIGINT, interrupts)
+    except ValueError:  # not the main thread: signals are not ours to handle
+        yield interrupts
+        return
+    try:
+        yield interrupts
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _exit_now(status: int) -> None:
+    """End the process at once, after flushing what was printed.
+
+    An interrupted run has already saved its checkpoint and removed partial
+    outputs on the way out; what interpreter shutdown would add is waiting: for
+    torch's compile threads (an inductor C++ compile in flight runs to its end,
+    measured 5-60 s on a loaded machine) and collecting every object.
+    """
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(status)
+
+
 def main() -> None:
     """Entry point: run the app; bad input ends as one red line, never a traceback.
 
     Exit status: 2 for a ``TwodtmError`` or an invalid value, 1 for an operating
     system error (disk full, permission), 130 when interrupted with Ctrl-C. Warnings
-    (e.g. a reduced batch size) are printed as one yellow line each.
+    (e.g. a reduced batch size) are printed as one yellow line each. A run ended by
+    a real SIGINT leaves the process at once (``_exit_now``).
     """
-    with warnings.catch_warnings():
-        warnings.showwarning = _show_warning
-        status = _run_app()
+    with _counting_interrupts() as interrupts:
+        try:
+            with warnings.catch_warnings():
+                warnings.showwarning = _show_warning
+                status = _run_app()
+        except SystemExit as exit_:
+            if exit_.code == INTERRUPTED and interrupts.received:
+                _exit_now(INTERRUPTED)
+            raise
+    if status == INTERRUPTED and interrupts.received:
+        _exit_now(status)
     raise SystemExit(status)

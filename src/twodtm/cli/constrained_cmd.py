@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from twodtm.cli.app import console
+from twodtm.cli.app import console, make_progress
 from twodtm.config import ConstrainedConfig, load_program_config
 from twodtm.constrained import run_constrained
+from twodtm.progress import reporting
 
 
 def constrained(
@@ -24,7 +25,8 @@ def constrained(
 ) -> None:
     """Search B at its expected place relative to each A, with a matching threshold."""
     cfg = load_program_config(ConstrainedConfig, config)
-    table, threshold = run_constrained(cfg, output, overwrite)
+    with make_progress() as progress, reporting(progress, "constrained"):
+        table, threshold = run_constrained(cfg, output, overwrite)
     console.print(
         f"found B next to {int(table['detected'].sum())} of {len(table)} A particles "
         f"(z-score threshold {threshold:.2f})"

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from twodtm.cli.app import correlation_progress
+from twodtm.cli.app import make_progress
 from twodtm.demo import run_demo_verbose
 
 
@@ -19,14 +19,8 @@ def demo(
     report: Annotated[bool, typer.Option(help="also write the report")] = True,
 ) -> None:
     """Simulate a micrograph, search it, pick particles and score them."""
-    bar = correlation_progress()
-    task = bar.add_task("match", total=None, rate="")
-
-    def hook(done: int, total: int) -> None:
-        bar.update(task, completed=done, total=total)
-
-    with bar:
-        lines = run_demo_verbose(output, report, hook)
+    with make_progress() as progress:
+        lines = run_demo_verbose(output, report, progress)
     sys.stdout.write("\n".join(lines) + "\n")
 
 

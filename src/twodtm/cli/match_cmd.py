@@ -8,7 +8,7 @@ from typing import Annotated
 import typer
 
 from twodtm.batch import SUMMARY_NAME, list_micrographs, run_batch
-from twodtm.cli.app import console, correlation_progress
+from twodtm.cli.app import console, make_progress
 from twodtm.config import load_match_config, with_overrides
 from twodtm.match import run_match
 from twodtm.report import write_report
@@ -46,28 +46,35 @@ def match(
 ) -> None:
     """Search a micrograph (or many) for every copy of a template.
 
-    Re-running the same command resumes an interrupted search from its checkpoint
-    and, with --micrographs, skips micrographs that already have a result.
+    The size of the search and an estimate of its time are printed first; one
+    that would exceed compute.max_hours or the free memory stops there unless
+    confirmed (--set compute.confirm_long_run=true). A micrographs STAR must give
+    each micrograph's CTF (rlnDefocusU, rlnDefocusV, rlnDefocusAngle). Re-running
+    the same command resumes an interrupted search from its checkpoint and, with
+    --micrographs, skips micrographs that already have a result.
     """
     pairs = list(settings or [])
     if scheduler is not None:
         pairs.append(f"compute.scheduler={scheduler}")
     cfg = with_overrides(load_match_config(config), pairs)
     if micrographs is None:
-        run_match(cfg, output, overwrite, correlation_progress(), restart=restart)
+        with make_progress() as progress:
+            run_match(cfg, output, overwrite, progress, restart=restart)
         if report:
             page = write_report(output or cfg.output.directory)
             console.print(f"report: {page}", highlight=False)
         return
     root = output or Path(cfg.output.directory)
-    rows = run_batch(
-        cfg,
-        list_micrographs(micrographs),
-        root,
-        overwrite=overwrite or cfg.output.overwrite,
-        restart=restart,
-        progress_bar=correlation_progress(),
-    )
+    entries = list_micrographs(micrographs)
+    with make_progress() as progress:
+        rows = run_batch(
+            cfg,
+            entries,
+            root,
+            overwrite=overwrite or cfg.output.overwrite,
+            restart=restart,
+            progress=progress,
+        )
     counts = {s: sum(r["status"] == s for r in rows) for s in ("searched", "skipped")}
     failed = [r for r in rows if r["status"] == "failed"]
     console.print(

@@ -7,9 +7,10 @@ from typing import Annotated
 
 import typer
 
-from twodtm.cli.app import console
+from twodtm.cli.app import console, make_progress
 from twodtm.config import OptimizeConfig, load_program_config
 from twodtm.optimize import run_optimize
+from twodtm.progress import reporting
 
 
 def optimize_template(
@@ -21,9 +22,9 @@ def optimize_template(
     overwrite: Annotated[bool, typer.Option(help="replace an existing result")] = False,
 ) -> None:
     """Find the template pixel size that best matches particles at known poses."""
-    result = run_optimize(
-        load_program_config(OptimizeConfig, config), output, overwrite
-    )
+    cfg = load_program_config(OptimizeConfig, config)
+    with make_progress() as progress, reporting(progress, "optimize-template"):
+        result = run_optimize(cfg, output, overwrite)
     change = 100.0 * (result.best_pixel_size / result.nominal_pixel_size - 1.0)
     console.print(
         f"best template pixel size {result.best_pixel_size:.4f} A "

@@ -7,8 +7,9 @@ from typing import Annotated
 
 import typer
 
-from twodtm.cli.app import console
+from twodtm.cli.app import console, make_progress
 from twodtm.config import RefineConfig, load_program_config
+from twodtm.progress import reporting
 from twodtm.refine import run_refine
 
 
@@ -20,7 +21,9 @@ def refine(
     overwrite: Annotated[bool, typer.Option(help="replace an existing result")] = False,
 ) -> None:
     """Refine each particle's orientation, defocus, pixel size and position."""
-    table = run_refine(load_program_config(RefineConfig, config), output, overwrite)
+    cfg = load_program_config(RefineConfig, config)
+    with make_progress() as progress, reporting(progress, "refine"):
+        table = run_refine(cfg, output, overwrite)
     gain = table["delta_zscore"].mean()
     console.print(
         f"refined {len(table)} particles; mean z-score {table['zscore'].mean():.2f} "

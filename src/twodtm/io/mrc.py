@@ -4,6 +4,10 @@
 hold a valid MRC2014 header (FEI extended headers and a z voxel size of 0 are
 fine), use a real-valued mode and be long enough for the data the header
 announces. Every failure is an ``InputFileError`` naming the file and the fix.
+
+The header's axis order (mapc, mapr, maps: the axis, 1 = x, 2 = y, 3 = z, along
+the file's columns, rows and sections) is honoured: the data are returned as
+[z, y, x] (or [y, x]) whatever order the file stores them in.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from twodtm.errors import InputFileError
 from twodtm.io.atomic import atomic_path
 
 HEADER_BYTES = 1024
+_STANDARD_ORDER = (1, 2, 3)
 # MRC modes read as real numbers: int8, int16, float32, uint16, float16.
 _REAL_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
 _MODE_NAMES = {3: "complex int16", 4: "complex float32", 101: "packed 4-bit"}
@@ -55,12 +60,17 @@ class MrcData:
 
 @dataclass(frozen=True)
 class _Layout:
-    """What the header announces: mode, shape (nz, ny, nx), extended header bytes."""
+    """What the header announces.
+
+    ``shape`` is the stored (sections, rows, columns) = (nz, ny, nx); ``order`` is
+    (mapc, mapr, maps), the axis (1 = x, 2 = y, 3 = z) along columns, rows, sections.
+    """
 
     mode: int
     shape: tuple[int, int, int]
     extended_bytes: int
     pixel_size: float
+    order: tuple[int, int, int]
 
 
 def _check_file(file: Path) -> int:
@@ -103,6 +113,7 @@ def _read_layout(file: Path) -> _Layout:
                 shape = (int(header.nz), int(header.ny), int(header.nx))
                 extended = int(header.nsymbt)
                 pixel_size = _pixel_size(float(header.cella.x), int(header.mx))
+                order = (int(header.mapc), int(header.mapr), int(header.maps))
     except _PARSE_ERRORS as err:
         raise InputFileError(
             f"{file}: not a valid MRC header ({err}); re-export the file as MRC2014."
@@ -118,7 +129,38 @@ def _read_layout(file: Path) -> _Layout:
             f"{file}: the header announces dimensions {shape[::-1]} (nx, ny, nz) and "
             f"{extended} extended-header bytes; the header is corrupt, re-export it."
         )
-    return _Layout(mode, shape, extended, pixel_size)
+    return _Layout(mode, shape, extended, pixel_size, _axis_order(file, order, shape))
+
+
+def _axis_order(
+    file: Path, order: tuple[int, int, int], shape: tuple[int, int, int]
+) -> tuple[int, int, int]:
+    """Check (mapc, mapr, maps); all zero (old writers) means the standard order."""
+    if order == (0, 0, 0):
+        return _STANDARD_ORDER
+    if sorted(order) != list(_STANDARD_ORDER):
+        raise InputFileError(
+            f"{file}: header fields mapc, mapr, maps = {order} are not a permutation "
+            "of 1, 2, 3 (x, y, z); the header is corrupt, re-export the file."
+        )
+    if shape[0] == 1 and order[2] != 3:
+        raise InputFileError(
+            f"{file}: a single section with maps = {order[2]} lies across the "
+            f"{'xyz'[order[0] - 1]}-{'xyz'[order[1] - 1]} plane, not x-y (header "
+            f"fields mapc, mapr, maps = {order}); re-export the image with mapc = 1, "
+            "mapr = 2, maps = 3."
+        )
+    return order
+
+
+def _to_zyx(stored: np.ndarray, order: tuple[int, int, int]) -> np.ndarray:
+    """Reorder ``(sections, rows, columns)`` data to ``(z, y, x)``.
+
+    Axis k of ``stored`` runs along the axis ``(maps, mapr, mapc)[k]``; output axis
+    j must run along z, y, x (3, 2, 1) in turn.
+    """
+    along = (order[2], order[1], order[0])
+    return np.ascontiguousarray(stored.transpose([along.index(a) for a in (3, 2, 1)]))
 
 
 def _check_length(file: Path, layout: _Layout, file_size: int) -> None:
@@ -166,21 +208,26 @@ def read_mrc(path: str | os.PathLike[str]) -> MrcData:
     Returns
     -------
     MrcData
-        The data and the header x pixel size in Angstrom (0.0 when the header
-        holds none, e.g. ``cella = 0``).
+        The data as [z, y, x] (a volume) or [y, x] (an image), transposed from the
+        file's axis order (mapc, mapr, maps) where that is not 1, 2, 3, and the
+        header x pixel size in Angstrom (0.0 when the header holds none, e.g.
+        ``cella = 0``).
 
     Raises
     ------
     InputFileError
-        The file is missing, unreadable, not an MRC file, has a corrupt header,
-        an unsupported (complex or packed) mode or a truncated data block.
+        The file is missing, unreadable, not an MRC file, has a corrupt header
+        (including an axis order that is not a permutation of 1, 2, 3), an
+        unsupported (complex or packed) mode, a truncated data block, or is a
+        single section outside the x-y plane.
     """
     file = Path(path)
     file_size = _check_file(file)
     layout = _read_layout(file)
     _check_length(file, layout, file_size)
-    data = _read_data(file)
-    if data.ndim == 3 and data.shape[0] == 1:
+    data = _read_data(file).reshape(layout.shape)
+    data = _to_zyx(data, layout.order)
+    if data.shape[0] == 1:
         data = data[0]
     if data.ndim not in (2, 3) or data.size == 0:
         raise InputFileError(

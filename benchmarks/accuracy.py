@@ -22,14 +22,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from twodtm.demo import (
+from twodtm.io.mrc import read_mrc
+from twodtm.programs.demo import (
     DEMO_SYMMETRY,
     SearchSettings,
     demo_optics,
     demo_volume,
     run_trial,
 )
-from twodtm.io.mrc import read_mrc
 from twodtm.simulate import SimulationParams
 
 

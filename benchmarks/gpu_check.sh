@@ -57,7 +57,7 @@ step bench_fp16 80 "${bench[@]}" --precision fp16
 # 3. fp16 against fp32 on the same orientations: z-score error.
 step fp16_error 80 "$PYTHON" -c "
 import json, sys
-from twodtm.benchmark import precision_error
+from twodtm.programs.benchmark import precision_error
 n = int(sys.argv[1])
 print(json.dumps(precision_error((n, n), int(sys.argv[2]), 8, int(sys.argv[3]),
                                  sys.argv[4], 'fp16')))

@@ -11,8 +11,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from twodtm.demo import DEMO_BOX_SIZE, DEMO_PIXEL_SIZE
 from twodtm.io.mrc import write_mrc
+from twodtm.programs.demo import DEMO_BOX_SIZE, DEMO_PIXEL_SIZE
 from twodtm.simulate import map_from_model
 
 DEFAULT_OUTPUT = (

@@ -1,6 +1,6 @@
 """Throughput of twodtm's search engine: correlations per second vs the FFT floor.
 
-The timing itself is ``twodtm.benchmark.time_engine`` (also behind ``twodtm
+The timing itself is ``twodtm.programs.benchmark.time_engine`` (also behind ``twodtm
 bench``); this script runs it for several image sizes and prints one report each,
 or a JSON list with ``--json``.
 
@@ -16,7 +16,7 @@ import argparse
 import importlib
 import json
 
-from twodtm.hostmemory import prepare_environment
+from twodtm._hostmemory import prepare_environment
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -44,9 +44,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    # before torch loads (see twodtm.hostmemory), as the command line does
+    # before torch loads (see twodtm._hostmemory), as the command line does
     prepare_environment()
-    benchmark = importlib.import_module("twodtm.benchmark")
+    benchmark = importlib.import_module("twodtm.programs.benchmark")
     if args.threads:
         importlib.import_module("torch").set_num_threads(args.threads)
     parse_image_size = importlib.import_module("twodtm.cli.bench_cmd").parse_image_size

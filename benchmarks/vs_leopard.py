@@ -4,7 +4,7 @@ Leopard-EM's own search loop, ``leopard_em.backend.core_match_template.
 _core_match_template_single_gpu``, runs on synthetic inputs in a subprocess that
 uses a second virtual environment holding Leopard-EM (it declares Python>=3.12,
 hence the separate environment).  twodtm's engine runs in a subprocess too, as
-``python -m twodtm bench --json`` (``twodtm.benchmark.time_engine`` behind the
+``python -m twodtm bench --json`` (``twodtm.programs.benchmark.time_engine`` behind the
 command line's start-up, as a user's run has it).  The two are timed alternately
 (Leopard-EM, twodtm, Leopard-EM, twodtm, ...) and both throughputs are reported
 as cross-correlations per second, that is orientations * defocus values / seconds.
@@ -39,7 +39,7 @@ Example::
         --repeats 2
 
 ``--leopard-allocator retained`` runs Leopard-EM with the host-memory settings
-twodtm applies to itself (``twodtm.hostmemory``), for a comparison of the engines
+twodtm applies to itself (``twodtm._hostmemory``), for a comparison of the engines
 alone rather than of the processes as shipped.
 
 On a CPU-only torch, the ``torch.cuda`` stream and synchronisation calls made by
@@ -69,7 +69,7 @@ if TYPE_CHECKING:
     from types import ModuleType
 
 RESULT_MARKER = "LEOPARD_RESULT "
-# twodtm.hostmemory's settings as environment variables (glibc reads MALLOC_*_ at
+# twodtm._hostmemory's settings as environment variables (glibc reads MALLOC_*_ at
 # start-up): MKL allocates through malloc, which keeps freed blocks for reuse.
 RETAINED_ALLOCATOR = {
     "MKL_DISABLE_FAST_MM": "1",
@@ -404,7 +404,7 @@ def _synchronize(device: torch.device) -> None:
 def peak_memory(device: torch.device) -> dict[str, Any]:
     """Peak memory of this process so far: CUDA's allocator, else the resident set.
 
-    Measured the same way as ``twodtm bench`` (``twodtm.benchmark``) does.
+    Measured the same way as ``twodtm bench`` (``twodtm.programs.benchmark``) does.
     """
     if device.type == "cuda":
         peak = int(torch.cuda.max_memory_allocated(device))

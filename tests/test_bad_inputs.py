@@ -28,7 +28,6 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from twodtm import refine
 from twodtm.config import MatchConfig, RefineConfig, parse_config
 from twodtm.ctf import Optics
 from twodtm.errors import (
@@ -42,14 +41,20 @@ from twodtm.errors import (
 from twodtm.io import results
 from twodtm.io.mrc import MrcData, read_mrc, write_mrc
 from twodtm.io.results import MAP_NAMES
-from twodtm.match import CHECKPOINT_NAME, load_inputs, match_template, run_match
-from twodtm.memory import BatchFallback, is_out_of_memory
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
+from twodtm.programs import refine
+from twodtm.programs.match import (
+    CHECKPOINT_NAME,
+    load_inputs,
+    match_template,
+    run_match,
+)
 from twodtm.progress import HookProgress
 from twodtm.search import executors
 from twodtm.search.checkpoint import load_checkpoint
 from twodtm.search.engine import build_search_inputs
 from twodtm.search.executors import InProcessExecutor, SearchTask, merge_all
+from twodtm.search.fallback import BatchFallback, is_out_of_memory
 from twodtm.search.space import SearchSpace
 
 RNG = np.random.default_rng(11)

@@ -12,7 +12,11 @@ import starfile
 from typer.testing import CliRunner
 
 from _scale_data import small_config, write_inputs
-from twodtm.batch import (
+from twodtm.cli import app
+from twodtm.config import MatchConfig, dump_yaml, parse_config
+from twodtm.errors import ConfigError, InputFileError
+from twodtm.io.results import MatchResult
+from twodtm.programs.batch import (
     SUMMARY_NAME,
     MicrographEntry,
     list_micrographs,
@@ -21,10 +25,6 @@ from twodtm.batch import (
     result_directories,
     run_batch,
 )
-from twodtm.cli import app
-from twodtm.config import MatchConfig, dump_yaml, parse_config
-from twodtm.errors import ConfigError, InputFileError
-from twodtm.io.results import MatchResult
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -1,14 +1,14 @@
-"""``twodtm.benchmark.time_engine`` and ``twodtm bench`` on tiny inputs."""
+"""``twodtm.programs.benchmark.time_engine`` and ``twodtm bench`` on tiny inputs."""
 
 import json
 
 import pytest
 from typer.testing import CliRunner
 
-from twodtm.benchmark import STAGES, EngineOptions, time_engine
 from twodtm.cli import app
 from twodtm.cli.bench_cmd import parse_image_size
 from twodtm.errors import ConfigError
+from twodtm.programs.benchmark import STAGES, EngineOptions, time_engine
 
 
 def test_time_engine_counts_correlations_and_compares_with_the_floor():

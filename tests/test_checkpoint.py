@@ -19,7 +19,7 @@ from _scale_data import small_config
 from twodtm.config import MatchConfig, dump_yaml, parse_config
 from twodtm.errors import CheckpointError, SearchFailedError
 from twodtm.io.results import MAP_NAMES, MatchResult
-from twodtm.match import CHECKPOINT_NAME, run_match
+from twodtm.programs.match import CHECKPOINT_NAME, run_match
 from twodtm.search.checkpoint import (
     Checkpoint,
     fingerprint,
@@ -193,7 +193,7 @@ import logging, sys
 import torch
 torch.set_num_threads(1)
 from twodtm.config import load_match_config
-from twodtm.match import run_match
+from twodtm.programs.match import run_match
 handler = logging.FileHandler(sys.argv[2])
 log = logging.getLogger("twodtm.search")
 log.addHandler(handler)

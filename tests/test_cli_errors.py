@@ -14,7 +14,7 @@ import yaml
 from pydantic import BaseModel
 
 import twodtm.cli.match_cmd
-import twodtm.match
+import twodtm.programs.match
 from twodtm.cli import main
 from twodtm.cli.app import BAD_INPUT, FAILED, INTERRUPTED
 from twodtm.errors import BatchSizeWarning
@@ -107,7 +107,7 @@ def test_non_cubic_template_names_the_flag(tmp_path, monkeypatch, capsys):
 
 def _patch_run_match(monkeypatch, replacement) -> None:
     """Replace ``run_match`` wherever the match command may look it up."""
-    monkeypatch.setattr(twodtm.match, "run_match", replacement)
+    monkeypatch.setattr(twodtm.programs.match, "run_match", replacement)
     monkeypatch.setattr(twodtm.cli.match_cmd, "run_match", replacement, raising=False)
 
 

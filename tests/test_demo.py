@@ -6,7 +6,10 @@ import re
 
 import pytest
 
-from twodtm.demo import (
+from twodtm.evaluation import match_to_truth
+from twodtm.io.mrc import read_mrc
+from twodtm.io.tables import read_particles
+from twodtm.programs.demo import (
     DEMO_BOX_SIZE,
     DEMO_PIXEL_SIZE,
     SearchSettings,
@@ -16,10 +19,7 @@ from twodtm.demo import (
     run_demo_verbose,
     run_trial,
 )
-from twodtm.evaluation import match_to_truth
-from twodtm.io.mrc import read_mrc
-from twodtm.io.tables import read_particles
-from twodtm.peaks import number_of_trials, threshold_for_false_positives
+from twodtm.programs.peaks import number_of_trials, threshold_for_false_positives
 from twodtm.simulate import SimulationParams, fourier_bin
 
 TINY = SimulationParams((128, 128), 1, dose=30.0, seed=5)

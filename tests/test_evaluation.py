@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from twodtm.ctf import Optics
-from twodtm.demo import demo_volume
 from twodtm.evaluation import match_to_truth, score_curve
 from twodtm.orientations import euler_to_matrix, matrix_to_euler, symmetry_operators
+from twodtm.programs.demo import demo_volume
 from twodtm.search.engine import project
 from twodtm.simulate import _projector
 

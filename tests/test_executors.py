@@ -15,7 +15,7 @@ from _scale_data import small_config
 from twodtm.config import MatchConfig, parse_config
 from twodtm.errors import SearchFailedError
 from twodtm.io.results import MAP_NAMES, MatchResult
-from twodtm.match import MatchTaskFactory, match_template
+from twodtm.programs.match import MatchTaskFactory, match_template
 from twodtm.search.executors import (
     DaskExecutor,
     InProcessExecutor,

@@ -10,7 +10,7 @@ import twodtm
 
 _PROBE = """
 import os, sys
-from twodtm.hostmemory import prepare_environment, retain_freed_memory
+from twodtm._hostmemory import prepare_environment, retain_freed_memory
 prepare_environment()
 early = os.environ.get("MKL_DISABLE_FAST_MM")
 import torch

@@ -18,9 +18,9 @@ from twodtm.errors import ConfigError, InputFileError
 from twodtm.io import results as results_module
 from twodtm.io.mrc import write_mrc
 from twodtm.io.results import MAP_NAMES, MatchResult
-from twodtm.match import build_search_space, match_template
 from twodtm.orientations import angular_distance, euler_to_matrix
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
+from twodtm.programs.match import build_search_space, match_template
 from twodtm.search.engine import build_search_inputs, padded_dft, project
 
 SHAPE = (112, 128)

@@ -17,8 +17,8 @@ from twodtm.cli import app
 from twodtm.config import ConfigError, OptimizeConfig, parse_config
 from twodtm.ctf import Optics
 from twodtm.io.tables import write_csv_table
-from twodtm.optimize import parabola_vertex, simulated_model_source
-from twodtm.refine import make_template
+from twodtm.programs.optimize import parabola_vertex, simulated_model_source
+from twodtm.programs.refine import make_template
 from twodtm.simulate import (
     SimulationParams,
     map_from_model,

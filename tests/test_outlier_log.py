@@ -7,8 +7,8 @@ import pytest
 
 from twodtm.config import MatchConfig, parse_config
 from twodtm.io.mrc import write_mrc
-from twodtm.match import load_inputs
 from twodtm.preprocess import outlier_note
+from twodtm.programs.match import load_inputs
 
 
 @pytest.fixture

@@ -13,7 +13,7 @@ from twodtm.cli import app
 from twodtm.errors import ConfigError
 from twodtm.io.results import MAP_NAMES, MatchResult
 from twodtm.io.tables import read_particles
-from twodtm.peaks import (
+from twodtm.programs.peaks import (
     PeakSettings,
     family_pvalue,
     find_peaks,

@@ -5,8 +5,8 @@ from dataclasses import replace
 import pytest
 import torch
 
-from twodtm.benchmark import random_rotations, run_search, synthetic_inputs
 from twodtm.errors import DeviceError
+from twodtm.programs.benchmark import random_rotations, run_search, synthetic_inputs
 from twodtm.search.engine import check_precision
 
 

@@ -23,10 +23,17 @@ import yaml
 from _scale_data import write_inputs
 from twodtm.cli.app import console, make_progress
 from twodtm.ctf import Optics
-from twodtm.demo import SearchSettings, run_demo_verbose
-from twodtm.local import LocalGrid, small_rotations
+from twodtm.local.boxes import LocalGrid, small_rotations
 from twodtm.orientations import orientation_grid
 from twodtm.preprocess import FilterSettings
+from twodtm.programs.demo import SearchSettings, run_demo_verbose
+from twodtm.programs.refine import (
+    LocalSettings,
+    Pose,
+    fit_particles,
+    make_template,
+    prepare_micrograph,
+)
 from twodtm.progress import (
     BarProgress,
     HookProgress,
@@ -36,13 +43,6 @@ from twodtm.progress import (
     expect_work,
     format_duration,
     reporting,
-)
-from twodtm.refine import (
-    LocalSettings,
-    Pose,
-    fit_particles,
-    make_template,
-    prepare_micrograph,
 )
 from twodtm.search.size import count_orientations
 from twodtm.simulate import SimulationParams

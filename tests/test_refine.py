@@ -27,7 +27,7 @@ from twodtm.config import (
 )
 from twodtm.ctf import Optics, frequency_grid
 from twodtm.io.tables import read_particles, write_csv_table
-from twodtm.local import (
+from twodtm.local.boxes import (
     LocalGrid,
     default_box_size,
     local_orientations,
@@ -38,9 +38,9 @@ from twodtm.local import (
     window_radius,
 )
 from twodtm.orientations import angular_distance, euler_to_matrix
-from twodtm.peaks import family_pvalue
 from twodtm.preprocess import FilterSettings, PreparedImage, prepare_image
-from twodtm.refine import (
+from twodtm.programs.peaks import family_pvalue
+from twodtm.programs.refine import (
     LocalSettings,
     Micrograph,
     Pose,

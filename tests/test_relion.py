@@ -43,8 +43,8 @@ import forward_model as fm
 from twodtm.cli import app
 from twodtm.config import MatchConfig, RefineConfig, parse_config
 from twodtm.io.tables import COORDINATE_LIST, coordinate_file_name, read_particles
-from twodtm.match import run_match
-from twodtm.refine import run_refine
+from twodtm.programs.match import run_match
+from twodtm.programs.refine import run_refine
 
 pytestmark = [
     pytest.mark.skipif(

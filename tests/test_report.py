@@ -16,11 +16,11 @@ from scipy.stats import norm
 from typer.testing import CliRunner
 
 from twodtm.cli import app, main
-from twodtm.demo import SearchSettings, run_demo
 from twodtm.errors import InputFileError
 from twodtm.io.mrc import write_mrc
 from twodtm.io.results import MAP_NAMES, MatchResult
 from twodtm.io.tables import read_particles, write_star_table
+from twodtm.programs.demo import SearchSettings, run_demo
 from twodtm.report import (
     bin_image,
     display_binning,

@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 
 from twodtm.errors import InputDataError, OutputWriteError
-from twodtm.io.mrc import MrcData
-from twodtm.validation import (
+from twodtm.io.inputs import (
     TemplatePolicy,
     check_micrograph,
     check_output_writable,
@@ -19,6 +18,7 @@ from twodtm.validation import (
     pad_to_even,
     resample_volume,
 )
+from twodtm.io.mrc import MrcData
 
 SIGMA = 2.5  # A
 

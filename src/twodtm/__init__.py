@@ -11,7 +11,6 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from twodtm.config import MatchConfig, load_match_config
-    from twodtm.constrained import constrained_search
     from twodtm.ctf import Optics
     from twodtm.errors import (
         CheckpointError,
@@ -23,8 +22,9 @@ if TYPE_CHECKING:
         TwodtmError,
     )
     from twodtm.io.results import MatchResult
-    from twodtm.match import match_template, run_match
-    from twodtm.refine import refine_particles
+    from twodtm.programs.constrained import constrained_search
+    from twodtm.programs.match import match_template, run_match
+    from twodtm.programs.refine import refine_particles
     from twodtm.search.engine import (
         SearchInputs,
         build_search_inputs,
@@ -51,11 +51,11 @@ _EXPORTS = {
     "SearchStatistics": "twodtm.search.statistics",
     "TwodtmError": "twodtm.errors",
     "build_search_inputs": "twodtm.search.engine",
-    "constrained_search": "twodtm.constrained",
+    "constrained_search": "twodtm.programs.constrained",
     "load_match_config": "twodtm.config",
-    "match_template": "twodtm.match",
-    "refine_particles": "twodtm.refine",
-    "run_match": "twodtm.match",
+    "match_template": "twodtm.programs.match",
+    "refine_particles": "twodtm.programs.refine",
+    "run_match": "twodtm.programs.match",
     "search_orientations": "twodtm.search.engine",
 }
 

@@ -1,6 +1,6 @@
 """Entry point of the ``twodtm`` command: prepares the process, then runs the CLI.
 
-The host-memory settings of ``twodtm.hostmemory`` must be in the environment
+The host-memory settings of ``twodtm._hostmemory`` must be in the environment
 before torch is loaded, which importing ``twodtm.cli`` does.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import importlib
 
-from twodtm.hostmemory import prepare_environment
+from twodtm._hostmemory import prepare_environment
 
 
 def main() -> None:

@@ -35,7 +35,7 @@ from twodtm.io.atomic import atomic_path, write_text_atomic
 from twodtm.io.mrc import read_mrc
 from twodtm.io.results import MatchResult
 from twodtm.io.tables import read_particles
-from twodtm.peaks import (
+from twodtm.programs.peaks import (
     PeakSettings,
     find_peaks,
     number_of_trials,

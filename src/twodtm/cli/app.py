@@ -17,8 +17,8 @@ from pydantic import ValidationError
 from rich.console import Console
 
 from twodtm.errors import TwodtmError
-from twodtm.memory import is_out_of_memory
 from twodtm.progress import BarProgress, PlainProgress, ProgressReporter
+from twodtm.search.fallback import is_out_of_memory
 
 BAD_INPUT = 2
 FAILED = 1

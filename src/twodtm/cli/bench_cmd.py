@@ -8,9 +8,9 @@ from typing import Annotated
 
 import typer
 
-from twodtm.benchmark import EngineOptions, format_report, time_engine
 from twodtm.devices import resolve_devices
 from twodtm.errors import ConfigError
+from twodtm.programs.benchmark import EngineOptions, format_report, time_engine
 
 
 def parse_image_size(text: str) -> tuple[int, int]:

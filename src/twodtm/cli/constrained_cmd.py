@@ -9,7 +9,7 @@ import typer
 
 from twodtm.cli.app import console, make_progress
 from twodtm.config import ConstrainedConfig, load_program_config
-from twodtm.constrained import run_constrained
+from twodtm.programs.constrained import run_constrained
 from twodtm.progress import reporting
 
 

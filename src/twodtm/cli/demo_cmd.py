@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from twodtm.cli.app import make_progress
-from twodtm.demo import run_demo_verbose
+from twodtm.programs.demo import run_demo_verbose
 
 
 def demo(

@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from twodtm.batch import SUMMARY_NAME, list_micrographs, run_batch
 from twodtm.cli.app import console, make_progress
 from twodtm.config import load_match_config, with_overrides
-from twodtm.match import run_match
+from twodtm.programs.batch import SUMMARY_NAME, list_micrographs, run_batch
+from twodtm.programs.match import run_match
 from twodtm.report import write_report
 
 

@@ -9,7 +9,7 @@ import typer
 
 from twodtm.cli.app import console, make_progress
 from twodtm.config import OptimizeConfig, load_program_config
-from twodtm.optimize import run_optimize
+from twodtm.programs.optimize import run_optimize
 from twodtm.progress import reporting
 
 

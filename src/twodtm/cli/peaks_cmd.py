@@ -10,7 +10,7 @@ import typer
 from twodtm.cli.app import console
 from twodtm.errors import ConfigError
 from twodtm.io.tables import COORDINATE_LIST, COORDINATE_SUFFIX
-from twodtm.peaks import PeakSettings, pick_and_write
+from twodtm.programs.peaks import PeakSettings, pick_and_write
 
 
 def peaks(

@@ -9,8 +9,8 @@ import typer
 
 from twodtm.cli.app import console, make_progress
 from twodtm.config import RefineConfig, load_program_config
+from twodtm.programs.refine import run_refine
 from twodtm.progress import reporting
-from twodtm.refine import run_refine
 
 
 def refine(

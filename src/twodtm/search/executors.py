@@ -31,11 +31,11 @@ from typing import Any, Protocol
 import torch
 from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_worker
 
+from twodtm._hostmemory import retain_freed_memory
 from twodtm.errors import SearchFailedError
-from twodtm.hostmemory import retain_freed_memory
-from twodtm.memory import BatchFallback
 from twodtm.orientations import euler_to_matrix
 from twodtm.search.engine import SearchInputs, search_orientations
+from twodtm.search.fallback import BatchFallback
 from twodtm.search.space import Chunk
 from twodtm.search.statistics import SearchStatistics
 

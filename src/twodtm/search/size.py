@@ -22,10 +22,10 @@ import torch
 from torch_so3 import get_symmetry_ranges
 
 from twodtm.errors import SearchTooLargeError
-from twodtm.memory import BatchFallback
 from twodtm.orientations import parse_symmetry
 from twodtm.progress import format_duration
 from twodtm.search.executors import SearchTask, run_chunk
+from twodtm.search.fallback import BatchFallback
 from twodtm.search.space import Chunk
 
 # Rows of the uniform grid counted one by one; beyond, the closed-form estimate.

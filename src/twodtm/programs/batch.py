@@ -30,7 +30,7 @@ from twodtm.config import MatchConfig, parse_config
 from twodtm.errors import ConfigError, InputDataError, InputFileError
 from twodtm.io.atomic import write_text_atomic
 from twodtm.io.mrc import read_mrc
-from twodtm.match import executor_for, run_match
+from twodtm.programs.match import executor_for, run_match
 from twodtm.progress import ProgressReporter
 from twodtm.search.executors import Executor
 

@@ -20,9 +20,9 @@ from twodtm.config import MatchConfig, dump_yaml
 from twodtm.ctf import Optics
 from twodtm.devices import resolve_devices
 from twodtm.errors import OutputExistsError
+from twodtm.io.inputs import check_match_inputs, check_output_writable
 from twodtm.io.mrc import read_mrc
 from twodtm.io.results import MAP_NAMES, MatchResult
-from twodtm.memory import release_cached_memory
 from twodtm.model_template import (
     load_template,
     model_template_settings,
@@ -47,6 +47,7 @@ from twodtm.search.executors import (
     SearchTask,
     make_executor,
 )
+from twodtm.search.fallback import release_cached_memory
 from twodtm.search.runner import (
     CheckpointPolicy,
     remove_checkpoint,
@@ -65,7 +66,6 @@ from twodtm.search.size import (
 )
 from twodtm.search.space import Chunk, SearchSpace
 from twodtm.search.statistics import SearchStatistics
-from twodtm.validation import check_match_inputs, check_output_writable
 
 ProgressHook = Callable[[int, int], None]
 # Orientations per timed run (three runs, after one warm-up orientation) that

@@ -1,8 +1,8 @@
 """Local refinement of particles: orientation, defocus, pixel size and position.
 
 Particles are refined in batches on the micrograph's device (see
-``twodtm.particle_batch``): each batch's boxes, cut from the whitened micrograph
-(see ``twodtm.local``) at one common size, are correlated with every particle's
+``twodtm.local.batch``): each batch's boxes, cut from the whitened micrograph
+(see ``twodtm.local.boxes``) at one common size, are correlated with every particle's
 own local orientations, defocus values and pixel sizes through the global
 search's engine. The best pixel within ``max_shift`` of each start gives the
 pose, and a parabola through the correlation map at that pose the sub-pixel
@@ -36,7 +36,17 @@ from twodtm.devices import resolve_devices
 from twodtm.errors import InputDataError, OutputExistsError
 from twodtm.io.mrc import read_mrc
 from twodtm.io.tables import read_particles, write_coordinates, write_particles
-from twodtm.local import (
+from twodtm.local.batch import (
+    BestPose,
+    ParticleBoxes,
+    Template,
+    batch_inputs,
+    best_in_disk,
+    best_maps,
+    orientations_per_chunk,
+    search_windows,
+)
+from twodtm.local.boxes import (
     LocalGrid,
     box_dfts,
     default_box_size,
@@ -54,23 +64,13 @@ from twodtm.model_template import (
     resolve_model_template,
 )
 from twodtm.orientations import angular_distance, euler_to_matrix
-from twodtm.particle_batch import (
-    BestPose,
-    ParticleBoxes,
-    Template,
-    batch_inputs,
-    best_in_disk,
-    best_maps,
-    orientations_per_chunk,
-    search_windows,
-)
-from twodtm.peaks import family_pvalue
 from twodtm.preprocess import (
     FilterSettings,
     outlier_note,
     prepare_image,
     prepare_template,
 )
+from twodtm.programs.peaks import family_pvalue
 from twodtm.progress import ProgressReporter, expect_work
 
 _POSE_COLUMNS = ("x", "y", "phi", "theta", "psi")

@@ -30,7 +30,7 @@ from twodtm.io.atomic import atomic_path, write_text_atomic
 from twodtm.io.mrc import read_mrc
 from twodtm.io.tables import write_csv_table
 from twodtm.model_template import resolve_model_template
-from twodtm.refine import (
+from twodtm.programs.refine import (
     LocalSettings,
     Micrograph,
     Template,

@@ -27,11 +27,11 @@ import torch
 
 from twodtm.config import ConstrainedConfig
 from twodtm.io.tables import write_coordinates, write_csv_table, write_particles
-from twodtm.local import small_rotations, window_mask, window_radius
+from twodtm.local.boxes import small_rotations, window_mask, window_radius
 from twodtm.model_template import resolve_model_template
 from twodtm.orientations import angular_distance, euler_to_matrix, matrix_to_euler
-from twodtm.peaks import threshold_for_false_positives
-from twodtm.refine import (
+from twodtm.programs.peaks import threshold_for_false_positives
+from twodtm.programs.refine import (
     LocalFit,
     LocalSettings,
     Micrograph,

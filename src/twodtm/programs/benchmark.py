@@ -19,8 +19,8 @@ from typing import Any
 
 import torch
 
+from twodtm._hostmemory import retain_freed_memory
 from twodtm.ctf import Optics
-from twodtm.hostmemory import retain_freed_memory
 from twodtm.orientations import euler_to_matrix
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
 from twodtm.search.engine import (

@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from twodtm.ctf import Optics, ctf_stack
-from twodtm.local import window_mask
+from twodtm.local.boxes import window_mask
 from twodtm.search.engine import SearchInputs, padded_dft, parseval_weights, project
 
 # Chunk memory on the CPU: larger chunks only add cache misses to the batched FFTs.

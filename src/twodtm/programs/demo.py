@@ -25,8 +25,8 @@ from twodtm.evaluation import DetectionScore, match_to_truth
 from twodtm.io.mrc import read_mrc
 from twodtm.io.results import MatchResult
 from twodtm.io.tables import write_coordinates, write_particles
-from twodtm.match import match_template
-from twodtm.peaks import PeakSettings, find_peaks
+from twodtm.programs.match import match_template
+from twodtm.programs.peaks import PeakSettings, find_peaks
 from twodtm.progress import ProgressReporter, as_reporter
 from twodtm.report import write_report
 from twodtm.simulate import (

@@ -3,7 +3,7 @@
 A local search looks at particles in small boxes cut from the micrograph, over
 small rotations composed with each starting pose, a few defocus values and pixel
 sizes. The correlations of a batch of particles come from
-``twodtm.particle_batch`` (with the engine's projection helpers); this module
+``twodtm.local.batch`` (with the engine's projection helpers); this module
 provides the pieces that need no engine: the local grids, the boxes and their
 filters, the sub-pixel peaks and the z-score re-normalisation.
 

@@ -1,0 +1,1 @@
+"""The local search: particles in small boxes, around known poses."""

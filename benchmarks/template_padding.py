@@ -11,7 +11,7 @@ to slice the padded DFT:
 
 * ``t-grid``: ``slice_size`` t (slice sampled at the t box's frequencies,
   inverse transform at t^2: the p-box projection folded onto t);
-* ``box``: ``slice_size`` from ``engine.projection_box`` (what ``twodtm match``
+* ``box``: ``slice_size`` from ``projection.projection_box`` (what ``twodtm match``
   uses: t for a map inside its inscribed sphere);
 * ``p-grid``: ``slice_size`` 0 (sampled at the padded box's frequencies,
   transformed at p^2 and cropped to t: torch-fourier-slice's projection, the
@@ -43,8 +43,9 @@ import torch
 from twodtm.ctf import Optics
 from twodtm.orientations import euler_to_matrix
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
-from twodtm.search import engine
-from twodtm.search.engine import SearchInputs, build_search_inputs
+from twodtm.search.engine import search_orientations
+from twodtm.search.inputs import SearchInputs, build_search_inputs
+from twodtm.search.projection import project, projection_box
 from twodtm.search.space import SearchSpace
 from twodtm.search.statistics import SearchStatistics
 
@@ -90,7 +91,7 @@ def slice_size(volume: torch.Tensor, template: torch.Tensor, slicing: str) -> in
     if slicing == "t-grid":
         return int(volume.shape[-1])
     if slicing == "box":
-        return engine.projection_box(volume, int(template.shape[-3]))
+        return projection_box(volume, int(template.shape[-3]))
     return 0
 
 
@@ -141,7 +142,7 @@ def particle_zscores(case: Case, padding: float, slicing: str, decoys: int, seed
     start = time.perf_counter()
     with torch.inference_mode():
         for first in range(0, rotations.shape[0], 32):
-            engine.search_orientations(
+            search_orientations(
                 inputs, rotations[first : first + 32], first, stats, image.shape
             )
     seconds = time.perf_counter() - start
@@ -159,7 +160,7 @@ def projection_accuracy(case: Case, inputs: SearchInputs) -> float:
         [[p.phi, p.theta, p.psi] for p in case.particles], dtype=torch.float64
     )
     with torch.inference_mode():
-        boxes = engine.project(inputs, euler_to_matrix(angles), 1.0).double().numpy()
+        boxes = project(inputs.projector, euler_to_matrix(angles), 1.0).double().numpy()
     values = []
     for box, p in zip(boxes, case.particles, strict=True):
         truth = fm.project_map(case.template, p.phi, p.theta, p.psi)

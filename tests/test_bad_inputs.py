@@ -52,9 +52,9 @@ from twodtm.programs.match import (
 from twodtm.progress import HookProgress
 from twodtm.search import executors
 from twodtm.search.checkpoint import load_checkpoint
-from twodtm.search.engine import build_search_inputs
 from twodtm.search.executors import InProcessExecutor, SearchTask, merge_all
 from twodtm.search.fallback import BatchFallback, is_out_of_memory
+from twodtm.search.inputs import build_search_inputs
 from twodtm.search.space import SearchSpace
 
 RNG = np.random.default_rng(11)
@@ -220,6 +220,34 @@ def test_swapped_inputs(tmp_path):
 def test_bad_config_values_name_the_field(tmp_path, sections, field):
     with pytest.raises(ConfigError, match=field):
         parse_config(MatchConfig, _config(tmp_path, **sections))
+
+
+_PARTICLE_CONFIG = {
+    "micrograph": "mic.mrc",
+    "template": "tmpl.mrc",
+    "particles": "particles.star",
+    "optics": {"pixel_size": 1.0, "defocus_u": 9000.0, "defocus_v": 9000.0},
+}
+
+
+@pytest.mark.parametrize(
+    ("compute", "message"),
+    [
+        ({"devices": "cuda:0"}, "devices is now compute.device"),
+        ({"batch_size": 8}, "batch_size is now compute.orientations_per_chunk"),
+        ({"workers": 2}, "workers acts only in twodtm match"),
+        ({"device": "all"}, "runs on one device"),
+        ({"orientations_per_chunk": 0}, "compute.orientations_per_chunk"),
+    ],
+)
+def test_particle_compute_holds_only_fields_that_act(compute, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_config(RefineConfig, {**_PARTICLE_CONFIG, "compute": compute})
+    config = parse_config(
+        RefineConfig,
+        {**_PARTICLE_CONFIG, "compute": {"device": "cpu", "orientations_per_chunk": 5}},
+    )
+    assert config.compute.orientations_per_chunk == 5
 
 
 @pytest.mark.parametrize("device", ["cuda:7", "tpu", "gpu0"])

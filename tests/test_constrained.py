@@ -19,22 +19,22 @@ from twodtm.cli import app
 from twodtm.ctf import Optics
 from twodtm.io.mrc import write_mrc
 from twodtm.io.tables import read_particles, write_csv_table
-from twodtm.local.boxes import LocalGrid
-from twodtm.orientations import angular_distance, euler_to_matrix, orientation_grid
-from twodtm.preprocess import FilterSettings
-from twodtm.programs.constrained import (
-    Placement,
-    constrained_search,
-    predict_partner,
-    window_pixels,
-)
-from twodtm.programs.peaks import threshold_for_false_positives
-from twodtm.programs.refine import (
+from twodtm.local import (
+    LocalGrid,
     LocalSettings,
     Pose,
     make_template,
     prepare_micrograph,
 )
+from twodtm.local.constrained import (
+    Placement,
+    constrained_search,
+    predict_partner,
+    window_pixels,
+)
+from twodtm.orientations import angular_distance, euler_to_matrix, orientation_grid
+from twodtm.preprocess import FilterSettings
+from twodtm.programs.peaks import threshold_for_false_positives
 from twodtm.simulate import render_phase_image
 
 OPTICS = Optics(pixel_size=1.0, defocus_u=6000.0, defocus_v=6000.0)

@@ -11,18 +11,12 @@ from torch_fourier_slice import project_3d_to_2d
 from twodtm.ctf import Optics, ctf_stack
 from twodtm.orientations import euler_to_matrix, orientation_grid
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
-from twodtm.search.engine import (
-    build_search_inputs,
-    correlate,
-    full_grid,
-    has_lag_room,
-    orientation_norms,
-    padded_dft,
-    pair_filters,
-    project,
-    projection_norms,
-)
+from twodtm.search._filters import full_grid, pair_filters
+from twodtm.search.engine import correlate
 from twodtm.search.executors import SearchTask, run_chunk
+from twodtm.search.inputs import build_search_inputs
+from twodtm.search.norms import has_lag_room, orientation_norms, projection_norms
+from twodtm.search.projection import padded_dft, project
 from twodtm.search.space import SearchSpace
 
 OPTICS = Optics(
@@ -189,7 +183,7 @@ def test_padded_dft_matches_full_fft(blob):
         OPTICS,
         small_space(2),
     )
-    boxes = project(inputs, rotations, 1.0)
+    boxes = project(inputs.projector, rotations, 1.0)
     t = boxes.shape[-1]
     canvas = torch.zeros(2, 70, 90)
     canvas[:, :t, :t] = boxes
@@ -212,7 +206,7 @@ def test_engine_leaves_inputs_unchanged(blob):
     inputs = build_search_inputs(template_dft, 32, prepared, OPTICS, space)
     rotations = euler_to_matrix(space.euler_angles)
     rotations_before = rotations.clone()
-    project(inputs, rotations, 1.02)
+    project(inputs.projector, rotations, 1.02)
     assert torch.equal(rotations, rotations_before)
     assert torch.equal(template_dft, dft_before)
     assert torch.equal(space.euler_angles, angles_before)
@@ -243,7 +237,7 @@ def test_paired_correlations_equal_real_ones(blob, n_defocus):
     paired = pair_filters(inputs)
     assert paired.n_pairs == n_defocus // 2 and paired.n_defocus == n_defocus
     rotation = euler_to_matrix(torch.tensor([[30.0, 60.0, 10.0]], dtype=torch.float64))
-    box = project(inputs, rotation, 1.0)
+    box = project(inputs.projector, rotation, 1.0)
     dft = padded_dft(box, (60, 70))
     norms = orientation_norms(inputs, box[0], dft, 0)
     expected = torch.stack(
@@ -270,7 +264,7 @@ def test_norms_from_lag_kernels_equal_real_space_norms(shape, size):
     )
     assert inputs.norm_kernels is not None
     rotations = euler_to_matrix(small_space().euler_angles[:4])
-    boxes = project(inputs, rotations, 1.0)
+    boxes = project(inputs.projector, rotations, 1.0)
     dfts = padded_dft(boxes, shape)
     filters = ctf_stack(OPTICS, small_space().defocus_offsets.float(), shape)
     filtered = torch.fft.irfft2(
@@ -288,7 +282,8 @@ def test_small_images_get_norms_from_the_image_grid(blob):
         prepare_template(blob), 32, image, OPTICS, small_space()
     )
     assert inputs.norm_kernels is None and inputs.norm_weights is not None
-    box = project(inputs, euler_to_matrix(small_space().euler_angles[:1]), 1.0)
+    rotation = euler_to_matrix(small_space().euler_angles[:1])
+    box = project(inputs.projector, rotation, 1.0)
     dft = padded_dft(box, (50, 71))
     filters = ctf_stack(OPTICS, small_space().defocus_offsets.float(), (50, 71))
     filtered = torch.fft.irfft2(dft * filters * image.template_filter, s=(50, 71))

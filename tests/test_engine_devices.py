@@ -1,6 +1,6 @@
 """The branches each device takes by default, run on the CPU against the reference.
 
-CUDA's defaults (``engine.default_paired``, ``default_filters_per_transform``,
+CUDA's defaults (``options.default_paired``, ``default_filters_per_transform``,
 ``use_fused``): one batched inverse real FFT over all defocus planes, no paired
 transforms, the compiled statistics kernel. The CPU's: two planes per complex
 transform, one plane per inverse FFT, eager statistics on small searches. Both
@@ -17,14 +17,14 @@ import torch
 
 from test_engine import OPTICS, masked_blob, noisy_image, reference_search, small_space
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
-from twodtm.search.engine import (
-    build_search_inputs,
+from twodtm.search._filters import pair_filters
+from twodtm.search.executors import SearchTask, run_chunk
+from twodtm.search.inputs import build_search_inputs
+from twodtm.search.options import (
     default_filters_per_transform,
     default_paired,
-    pair_filters,
     use_fused,
 )
-from twodtm.search.executors import SearchTask, run_chunk
 
 OPTICS_SHAPE = (96, 80)
 

@@ -7,7 +7,7 @@ import torch
 
 from twodtm.preprocess import prepare_template
 from twodtm.search import size
-from twodtm.search.engine import (
+from twodtm.search.size import (
     FALLBACK_PADDING,
     auto_batch_size,
     fitting_template_padding,

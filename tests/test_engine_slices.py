@@ -19,11 +19,11 @@ import forward_model as fm
 from conftest import blob_volume
 from twodtm.orientations import euler_to_matrix
 from twodtm.preprocess import prepare_template
-from twodtm.search.engine import (
-    SearchInputs,
+from twodtm.search.projection import (
+    Projector,
+    _planar_template,
     _trilinear,
     central_slices,
-    planar_template,
     project,
     projection_box,
 )
@@ -48,15 +48,11 @@ def inside_sphere(volume: torch.Tensor, margin: int = 4) -> torch.Tensor:
     return volume * (r2 < (t // 2 - margin) ** 2)
 
 
-def inputs_for(volume: torch.Tensor, padding: float, slice_size: int) -> SearchInputs:
-    """Engine inputs that serve ``project`` only."""
-    return SearchInputs(
+def inputs_for(volume: torch.Tensor, padding: float, slice_size: int) -> Projector:
+    """What ``project`` needs, at this padding and slice box."""
+    return Projector(
         template_dft=prepare_template(volume, padding),
         template_size=int(volume.shape[0]),
-        filtered_image=torch.zeros((1, 1, 4, 3), dtype=torch.complex64),
-        norm_weights=None,
-        pixel_scales=(1.0,),
-        image_shape=(4, 4),
         slice_size=slice_size,
     )
 
@@ -77,7 +73,7 @@ def test_slices_at_the_padded_size_are_torch_fourier_slices(scale):
     scale = float(expected.abs().max())
     torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5 * scale)
     # separate real and imaginary volumes give the same slices
-    planes = planar_template(template).contiguous()
+    planes = _planar_template(template).contiguous()
     assert torch.equal(central_slices(planes, matrices, 48), got)
     assert torch.equal(matrices, before)  # the matrices are untouched
 

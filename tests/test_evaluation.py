@@ -7,11 +7,10 @@ import pandas as pd
 import pytest
 import torch
 
-from twodtm.ctf import Optics
 from twodtm.evaluation import match_to_truth, score_curve
 from twodtm.orientations import euler_to_matrix, matrix_to_euler, symmetry_operators
 from twodtm.programs.demo import demo_volume
-from twodtm.search.engine import project
+from twodtm.search.projection import project
 from twodtm.simulate import _projector
 
 
@@ -105,8 +104,8 @@ def test_score_curve_trades_recall_for_precision():
 def test_symmetry_equivalent_poses_project_identically():
     # the demo map is octahedral: R and S @ R must give the same projection,
     # which is why the symmetry acts on the left in the angular error
-    volume, pixel_size = demo_volume()
-    inputs = _projector(volume, Optics(pixel_size=pixel_size))
+    volume, _ = demo_volume()
+    inputs = _projector(volume)
     rotation = euler_to_matrix(torch.tensor([[30.0, 50.0, 70.0]], dtype=torch.float64))
     op = symmetry_operators("O")[7]
     same = project(inputs, torch.cat([rotation, op @ rotation, rotation @ op]), 1.0)

@@ -6,8 +6,6 @@ import sys
 
 import pytest
 
-import twodtm
-
 _PROBE = """
 import os, sys
 from twodtm._hostmemory import prepare_environment, retain_freed_memory
@@ -45,8 +43,3 @@ def test_importing_twodtm_does_not_load_torch():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert out.stdout.split()[0] == "False"
-
-
-def test_lazy_exports_resolve():
-    for name in twodtm.__all__:
-        assert getattr(twodtm, name) is not None, name

@@ -47,7 +47,8 @@ from twodtm.cli import app
 from twodtm.ctf import Optics
 from twodtm.orientations import euler_to_matrix
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
-from twodtm.search.engine import build_search_inputs, project
+from twodtm.search.inputs import build_search_inputs
+from twodtm.search.projection import project
 from twodtm.search.space import SearchSpace
 
 PIXEL_SIZE = 3.0  # A
@@ -355,7 +356,7 @@ def test_twodtm_projection_equals_the_reference_projection():
     inputs = build_search_inputs(template, box, image, optics, space)
     poses = [(30.0, 40.0, 50.0), (100.0, 120.0, 200.0), (250.0, 75.0, 10.0)]
     rotations = euler_to_matrix(torch.tensor(poses, dtype=torch.float64))
-    theirs = project(inputs, rotations, 1.0).numpy()
+    theirs = project(inputs.projector, rotations, 1.0).numpy()
     for pose, b in zip(poses, theirs, strict=True):
         mine = fm.project_map(volume, *pose)
         assert np.corrcoef(mine.ravel(), b.ravel())[0, 1] > 0.99, pose

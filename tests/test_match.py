@@ -21,7 +21,8 @@ from twodtm.io.results import MAP_NAMES, MatchResult
 from twodtm.orientations import angular_distance, euler_to_matrix
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
 from twodtm.programs.match import build_search_space, match_template
-from twodtm.search.engine import build_search_inputs, padded_dft, project
+from twodtm.search.inputs import build_search_inputs
+from twodtm.search.projection import padded_dft, project
 
 SHAPE = (112, 128)
 TRUE_XY = (70, 45)  # column, row
@@ -58,7 +59,7 @@ def planted(tmp_path_factory, sharp_blob):
     )
     ctf = ctf_stack(optics, torch.tensor([TRUE_DEFOCUS_OFFSET]), SHAPE)[0]
     particle = torch.fft.irfft2(
-        padded_dft(project(inputs, rotation, 1.0), SHAPE)[0] * ctf, s=SHAPE
+        padded_dft(project(inputs.projector, rotation, 1.0), SHAPE)[0] * ctf, s=SHAPE
     )
     particle = torch.roll(particle, (TRUE_XY[1], TRUE_XY[0]), (0, 1))
     g = torch.Generator().manual_seed(7)
@@ -88,8 +89,8 @@ def test_planted_particle_is_found_with_its_pose_and_defocus(planted):
     )
     # every correlation of the search is one pixel of one correlation map
     n_pixels = z.shape[0] * z.shape[1]
-    assert result.metadata["correlations_per_pixel"] == space.size
-    assert result.metadata["total_correlations"] == space.size * n_pixels
+    assert result.metadata.correlations_per_pixel == space.size
+    assert result.metadata.total_correlations == space.size * n_pixels
 
 
 def test_cli_writes_a_result_that_loads_back(planted, tmp_path):
@@ -107,8 +108,8 @@ def test_cli_writes_a_result_that_loads_back(planted, tmp_path):
     np.testing.assert_array_equal(loaded.maps["mip"], direct.maps["mip"])
     assert loaded.pixel_size == pytest.approx(1.0)
     assert (
-        loaded.metadata["search_space"]["orientations"]
-        == direct.metadata["search_space"]["orientations"]
+        loaded.metadata.search_space.orientations
+        == direct.metadata.search_space.orientations
     )
     # result.json's counts, read as a user would (json), not through twodtm
     saved = json.loads((out / "result.json").read_text())

@@ -443,7 +443,7 @@ def test_model_and_mrc_templates_give_the_same_poses(
 
     cached = sorted((tmp_path / "model").glob("template_apoferritin_chain_*.mrc"))
     assert len(cached) == 1
-    assert from_model.metadata["config"]["template"] == str(cached[0])
+    assert from_model.metadata.config["template"] == str(cached[0])
     assert read_mrc(cached[0]).data.shape == (box,) * 3
     mip_mrc, mip_model = (r.maps["mip"] for r in (from_mrc, from_model))
     # Measured 0.992; a mirrored model gives 0.85 and poses 75-84 deg off.

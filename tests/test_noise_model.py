@@ -23,7 +23,8 @@ from twodtm.preprocess import (
     prepare_image,
     prepare_template,
 )
-from twodtm.search.engine import build_search_inputs, search_orientations
+from twodtm.search.engine import search_orientations
+from twodtm.search.inputs import build_search_inputs
 from twodtm.search.space import SearchSpace
 from twodtm.search.statistics import QUANTUM_SCALE, SearchStatistics
 

@@ -14,16 +14,17 @@ from typer.testing import CliRunner
 
 from conftest import blob_volume
 from twodtm.cli import app
-from twodtm.config import ConfigError, OptimizeConfig, parse_config
+from twodtm.config import OptimizeConfig, parse_config
 from twodtm.ctf import Optics
+from twodtm.errors import ConfigError
 from twodtm.io.tables import write_csv_table
-from twodtm.programs.optimize import parabola_vertex, simulated_model_source
-from twodtm.programs.refine import make_template
+from twodtm.local import make_template
+from twodtm.local.sweep import parabola_vertex, simulated_model_source
+from twodtm.programs.simulate import write_simulation
 from twodtm.simulate import (
     SimulationParams,
     map_from_model,
     simulate_micrograph,
-    write_simulation,
 )
 
 TRUE_PIXEL = 1.0

@@ -11,12 +11,10 @@ from twodtm.preprocess import (
     prepare_image,
     prepare_template,
 )
-from twodtm.search.engine import (
-    build_search_inputs,
-    pair_filters,
-    project,
-    search_orientations,
-)
+from twodtm.search._filters import pair_filters
+from twodtm.search.engine import search_orientations
+from twodtm.search.inputs import build_search_inputs
+from twodtm.search.projection import project
 from twodtm.search.space import SearchSpace
 from twodtm.search.statistics import SearchStatistics
 
@@ -50,7 +48,7 @@ def _planted_image(volume, angles):
     )
     clean = torch.zeros(SHAPE)
     for k, (y, x) in enumerate(PEAKS):
-        box = project(inputs, euler_to_matrix(angles[k : k + 1]), 1.0)[0]
+        box = project(inputs.projector, euler_to_matrix(angles[k : k + 1]), 1.0)[0]
         clean[y - 16 : y + 16, x - 16 : x + 16] += box / box.std()
     ctf = ctf_stack(OPTICS, torch.zeros(1), SHAPE)[0]
     imaged = torch.fft.irfft2(torch.fft.rfft2(clean) * ctf, s=SHAPE)

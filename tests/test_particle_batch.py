@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twodtm.local.batch import window_bases
+from twodtm.local import batches_by_box
 from twodtm.local.boxes import box_dfts, extract_boxes, shift_phases
-from twodtm.programs.refine import batches_by_box
+from twodtm.search._window import window_bases
 
 
 @pytest.mark.parametrize("shape", [(12, 12), (15, 9), (10, 13)])

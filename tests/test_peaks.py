@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -10,14 +11,20 @@ from scipy import stats
 from typer.testing import CliRunner
 
 from twodtm.cli import app
-from twodtm.errors import ConfigError
-from twodtm.io.results import MAP_NAMES, MatchResult
+from twodtm.errors import ConfigError, InputFileError
+from twodtm.io.results import (
+    MAP_NAMES,
+    MatchMetadata,
+    MatchResult,
+    SearchSpaceSummary,
+)
 from twodtm.io.tables import read_particles
 from twodtm.programs.peaks import (
     PeakSettings,
     family_pvalue,
     find_peaks,
     pick_and_write,
+    read_peak_record,
     threshold_for_false_positives,
 )
 
@@ -63,16 +70,20 @@ def _result(zscore: np.ndarray, correlations: int = 1000) -> MatchResult:
         pixel_size=np.full(zscore.shape, 1.5, np.float32),
         std=np.full(zscore.shape, 0.01, np.float32),
     )
-    metadata = {
-        "search_space": {"correlations_per_pixel": correlations},
-        "config": {
+    metadata = MatchMetadata(
+        config={
+            "micrograph": "micrograph.mrc",
+            "template": "template.mrc",
             "optics": {
+                "pixel_size": 1.5,
                 "defocus_u": 10200.0,
                 "defocus_v": 9800.0,
                 "astigmatism_angle": 15.0,
-            }
+            },
         },
-    }
+        search_space=SearchSpaceSummary(correlations, 1, 1, correlations),
+        image_shape=zscore.shape,
+    )
     return MatchResult(maps=maps, pixel_size=1.5, metadata=metadata)
 
 
@@ -154,7 +165,7 @@ def test_default_threshold_follows_the_false_positive_rate():
 def test_pick_and_write_reads_result_json(tmp_path):
     z = _blob(SHAPE, (70, 110), 12.0, 2.0) + _blob(SHAPE, (150, 180), 10.0, 2.0)
     result = _result(z)
-    result.metadata["template_size"] = 32
+    result.metadata = replace(result.metadata, template_size=32)
     result.save(tmp_path)
     assert json.loads((tmp_path / "result.json").read_text())["template_size"] == 32
     peaks = pick_and_write(tmp_path, PeakSettings())
@@ -171,7 +182,7 @@ def test_pick_and_write_reads_result_json(tmp_path):
 
 def test_peaks_command_writes_tables_and_rejects_bad_rates(tmp_path):
     result = _result(_blob(SHAPE, (70, 110), 12.0, 2.0))
-    result.metadata["template_size"] = 32
+    result.metadata = replace(result.metadata, template_size=32)
     result.save(tmp_path)
     runner = CliRunner()
     done = runner.invoke(app, ["peaks", str(tmp_path), "--min-distance", "10"])
@@ -179,3 +190,36 @@ def test_peaks_command_writes_tables_and_rejects_bad_rates(tmp_path):
     assert list(read_particles(tmp_path / "particles.star")["x"]) == [110.0]
     bad = runner.invoke(app, ["peaks", str(tmp_path), "--false-positives", "0"])
     assert bad.exit_code != 0
+
+
+def test_pick_and_write_records_the_settings_used(tmp_path):
+    z = _blob(SHAPE, (70, 110), 12.0, 2.0) + _blob(SHAPE, (150, 180), 10.0, 2.0)
+    result = _result(z)
+    result.metadata = replace(result.metadata, template_size=32)
+    result.save(tmp_path)
+    assert read_peak_record(tmp_path) is None
+    peaks = pick_and_write(tmp_path, PeakSettings(false_positives=5.0))
+    record = read_peak_record(tmp_path)
+    n_trials = 1000 * SHAPE[0] * SHAPE[1]
+    assert record is not None
+    assert record.threshold == pytest.approx(stats.norm.isf(5.0 / n_trials))
+    assert record.threshold < stats.norm.isf(1.0 / n_trials) - 0.1
+    assert record.settings == PeakSettings(false_positives=5.0)
+    assert not record.fixed_threshold
+    assert (record.n_trials, record.n_pixels) == (n_trials, SHAPE[0] * SHAPE[1])
+    assert (record.min_distance, record.border, record.template_size) == (16.0, 16, 32)
+    assert record.n_peaks == len(peaks) == 2
+    # the file a user reads holds the same number
+    saved = json.loads((tmp_path / "peaks.json").read_text())
+    assert saved["threshold"] == pytest.approx(record.threshold)
+    pick_and_write(tmp_path, PeakSettings(zscore=11.0, border=3))
+    fixed = read_peak_record(tmp_path)
+    assert fixed is not None
+    assert (fixed.threshold, fixed.border, fixed.n_peaks) == (11.0, 3, 1)
+    assert fixed.fixed_threshold
+
+
+def test_a_damaged_peak_record_names_the_fix(tmp_path):
+    (tmp_path / "peaks.json").write_text('{"settings": {}}')
+    with pytest.raises(InputFileError, match="twodtm peaks"):
+        read_peak_record(tmp_path)

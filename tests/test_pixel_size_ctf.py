@@ -17,7 +17,7 @@ import torch
 from twodtm.ctf import Optics
 from twodtm.local.batch import particle_ctfs
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
-from twodtm.search.engine import build_search_inputs
+from twodtm.search.inputs import build_search_inputs
 from twodtm.search.space import SearchSpace
 
 OPTICS = Optics(pixel_size=1.0, defocus_u=15200.0, defocus_v=14800.0)

@@ -7,7 +7,7 @@ import torch
 
 from twodtm.errors import DeviceError
 from twodtm.programs.benchmark import random_rotations, run_search, synthetic_inputs
-from twodtm.search.engine import check_precision
+from twodtm.search.options import check_precision
 
 
 def test_fp16_is_refused_on_the_cpu_and_for_odd_sizes():

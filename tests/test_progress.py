@@ -23,17 +23,18 @@ import yaml
 from _scale_data import write_inputs
 from twodtm.cli.app import console, make_progress
 from twodtm.ctf import Optics
-from twodtm.local.boxes import LocalGrid, small_rotations
-from twodtm.orientations import orientation_grid
-from twodtm.preprocess import FilterSettings
-from twodtm.programs.demo import SearchSettings, run_demo_verbose
-from twodtm.programs.refine import (
+from twodtm.local import (
+    LocalGrid,
     LocalSettings,
     Pose,
     fit_particles,
     make_template,
     prepare_micrograph,
+    small_rotations,
 )
+from twodtm.orientations import orientation_grid
+from twodtm.preprocess import FilterSettings
+from twodtm.programs.demo import SearchSettings, run_demo_verbose
 from twodtm.progress import (
     BarProgress,
     HookProgress,

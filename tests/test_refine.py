@@ -18,7 +18,6 @@ from conftest import blob_volume
 from twodtm.cli import app
 from twodtm.cli.config_cmd import example_text
 from twodtm.config import (
-    ConfigError,
     ConstrainedConfig,
     OptimizeConfig,
     RefineConfig,
@@ -26,41 +25,37 @@ from twodtm.config import (
     parse_config,
 )
 from twodtm.ctf import Optics, frequency_grid
+from twodtm.errors import ConfigError
 from twodtm.io.tables import read_particles, write_csv_table
-from twodtm.local.boxes import (
+from twodtm.local import (
     LocalGrid,
+    LocalSettings,
+    Micrograph,
+    Pose,
+    Template,
     default_box_size,
+    fit_particles,
     local_orientations,
-    resample_filter,
+    make_template,
+    prepare_micrograph,
+    refine_particles,
     small_rotations,
     subpixel_peaks,
     window_mask,
     window_radius,
 )
+from twodtm.local.boxes import resample_filter
 from twodtm.orientations import angular_distance, euler_to_matrix
 from twodtm.preprocess import FilterSettings, PreparedImage, prepare_image
 from twodtm.programs.peaks import family_pvalue
-from twodtm.programs.refine import (
-    LocalSettings,
-    Micrograph,
-    Pose,
-    Template,
-    fit_particles,
-    make_template,
-    prepare_micrograph,
-    refine_particles,
-)
-from twodtm.search.engine import (
-    build_search_inputs,
-    correlate,
-    orientation_norms,
-    padded_dft,
-    project,
-    search_orientations,
-)
+from twodtm.programs.simulate import write_simulation
+from twodtm.search.engine import correlate, search_orientations
+from twodtm.search.inputs import build_search_inputs
+from twodtm.search.norms import orientation_norms
+from twodtm.search.projection import padded_dft, project
 from twodtm.search.space import SearchSpace
 from twodtm.search.statistics import SearchStatistics
-from twodtm.simulate import SimulationParams, simulate_micrograph, write_simulation
+from twodtm.simulate import SimulationParams, simulate_micrograph
 
 OPTICS = Optics(pixel_size=1.0, defocus_u=6000.0, defocus_v=6000.0)
 
@@ -146,7 +141,7 @@ def test_box_correlation_equals_full_image_correlation(simulated):
     )
     template = make_template(volume, 1.0)
     inputs = build_search_inputs(template.dft, 32, prepared, optics, space)
-    box = project(inputs, euler_to_matrix(angles), inputs.pixel_scales[0])
+    box = project(inputs.projector, euler_to_matrix(angles), inputs.pixel_scales[0])
     dft = padded_dft(box, inputs.image_shape)
     full = correlate(inputs, dft[0], orientation_norms(inputs, box[0], dft, 0), 0)[0]
     iy, ix = round(row.y), round(row.x)
@@ -375,7 +370,7 @@ def reference_pass(
     masked = torch.where(window_mask(w, settings.max_shift), stats.mip, -torch.inf)
     row, column = divmod(int(torch.argmax(masked)), w)
     o, p, d = (int(v) for v in space.decode(stats.best_index[row, column]))
-    box = project(inputs, rotations[o : o + 1], inputs.pixel_scales[p])
+    box = project(inputs.projector, rotations[o : o + 1], inputs.pixel_scales[p])
     dft = padded_dft(box, inputs.image_shape)
     peak = correlate(inputs, dft[0], orientation_norms(inputs, box[0], dft, p), p)[d]
     d_row = _vertex(*(float(peak[row + k, column]) for k in (-1, 0, 1)))
@@ -447,7 +442,8 @@ def test_batched_fits_equal_each_particle_alone(simulated, box_size):
         micrograph,
         template,
         starts,
-        replace(settings, particle_batch_size=1, batch_size=4),  # 4 per chunk too
+        # 4 orientations per chunk too
+        replace(settings, particle_batch_size=1, orientations_per_chunk=4),
     )
     assert torch.equal(micrograph.whitened, whitened)  # input untouched
     for start, fit, single in zip(starts, by_three, alone, strict=True):

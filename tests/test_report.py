@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import html
 import io
 import json
 import re
@@ -18,9 +19,16 @@ from typer.testing import CliRunner
 from twodtm.cli import app, main
 from twodtm.errors import InputFileError
 from twodtm.io.mrc import write_mrc
-from twodtm.io.results import MAP_NAMES, MatchResult
+from twodtm.io.results import (
+    MAP_NAMES,
+    MatchMetadata,
+    MatchResult,
+    RunRecord,
+    SearchSpaceSummary,
+)
 from twodtm.io.tables import read_particles, write_star_table
 from twodtm.programs.demo import SearchSettings, run_demo
+from twodtm.programs.peaks import PeakSettings, pick_and_write
 from twodtm.report import (
     bin_image,
     display_binning,
@@ -54,22 +62,22 @@ def _planted_result(directory: Path, micrograph: bool = True) -> Path:
     write_mrc(directory / "micrograph.mrc", image.astype(np.float32), 1.5)
     write_mrc(directory / "template.mrc", np.zeros((BOX,) * 3, np.float32), 1.5)
     name = directory / ("micrograph.mrc" if micrograph else "gone.mrc")
-    metadata = {
-        "config": {
+    metadata = MatchMetadata(
+        config={
             "micrograph": str(name),
             "template": str(directory / "template.mrc"),
-            "optics": {"defocus_u": 12100.0, "defocus_v": 12100.0},
+            "optics": {"pixel_size": 1.5, "defocus_u": 12100.0, "defocus_v": 12100.0},
         },
-        "config_yaml": "micrograph: micrograph.mrc\n",
-        "search_space": {
-            "orientations": 100,
-            "defocus_values": 10,
-            "pixel_sizes": 1,
-            "correlations_per_pixel": 1000,
-        },
-        "run_time_s": 2.0,
-        "devices": ["cpu"],
-    }
+        search_space=SearchSpaceSummary(
+            orientations=100,
+            defocus_values=10,
+            pixel_sizes=1,
+            correlations_per_pixel=1000,
+        ),
+        image_shape=SHAPE,
+        run=RunRecord(run_time_s=2.0, devices=("cpu",)),
+        config_yaml="micrograph: micrograph.mrc\n",
+    )
     return MatchResult(maps, 1.5, metadata).save(directory / "result")
 
 
@@ -216,3 +224,36 @@ def test_demo_report_circles_the_particle_table(tmp_path: Path) -> None:
     assert len(truth["found"]) == score.n_matched
     assert len(truth["missed"]) == score.n_truth - score.n_matched
     assert len(truth["false"]) == score.n_found - score.n_matched
+
+
+def _threshold_row(page: Path) -> str:
+    found = re.search(r"<th>z-score threshold</th><td>([^<]*)</td>", page.read_text())
+    assert found is not None
+    return html.unescape(found.group(1))
+
+
+def test_report_states_the_threshold_the_picks_were_made_with(tmp_path: Path) -> None:
+    result = _planted_result(tmp_path)
+    n_trials = 1000 * SHAPE[0] * SHAPE[1]
+    one, five = norm.isf(1.0 / n_trials), norm.isf(5.0 / n_trials)  # 5.49, 5.05
+    assert f"{one:.2f}" != f"{five:.2f}"
+    # Tables without peaks.json: the 1-false-positive default, labelled as such.
+    table = pd.DataFrame({"x": [90.0], "y": [80.0], "zscore": [14.0]})
+    write_star_table(table, result / "particles.star")
+    write_report(result)
+    record = json.loads((result / "report.json").read_text())
+    assert record["threshold"] == pytest.approx(one)
+    assert "the default: no peaks.json" in record["threshold_source"]
+    assert _threshold_row(result / "report.html").startswith(f"{one:.2f} (1 expected")
+    # Picked at 5 false positives: the report states and draws that threshold.
+    pick_and_write(result, PeakSettings(false_positives=5.0))
+    page = write_report(result)
+    record = json.loads((result / "report.json").read_text())
+    assert record["threshold"] == pytest.approx(five)
+    assert "peaks.json" in record["threshold_source"]
+    row = _threshold_row(page)
+    assert row.startswith(f"{five:.2f} (5 expected false positives")
+    assert f"{one:.2f}" not in row
+    line = record["pictures"]["histogram.png"]["threshold"]
+    assert line["z"] == pytest.approx(five)
+    assert line["label"].startswith(f"threshold z = {five:.2f} ")

@@ -28,7 +28,13 @@ import pytest
 from PIL import Image
 
 from twodtm.io.mrc import write_mrc
-from twodtm.io.results import MAP_NAMES, MatchResult
+from twodtm.io.results import (
+    MAP_NAMES,
+    MatchMetadata,
+    MatchResult,
+    RunRecord,
+    SearchSpaceSummary,
+)
 from twodtm.io.tables import write_star_table
 from twodtm.report import write_report
 
@@ -212,23 +218,20 @@ def _result_with_truth(directory: Path) -> tuple[Path, Path]:
     maps["mip"] = (0.02 * zscore).astype(np.float32)
     maps["defocus"] = np.full(SHAPE, 9000.0, np.float32)
     write_mrc(directory / "micrograph.mrc", image.astype(np.float32), 2.0)
-    metadata = {
-        "config": {
+    metadata = MatchMetadata(
+        config={
             "micrograph": str(directory / "micrograph.mrc"),
             "template": "template.mrc",
-            "optics": {"defocus_u": 9000.0, "defocus_v": 9000.0},
+            "optics": {"pixel_size": 2.0, "defocus_u": 9000.0, "defocus_v": 9000.0},
         },
-        "config_yaml": "micrograph: micrograph.mrc\ntemplate: template.mrc\n",
-        "search_space": {
-            "orientations": 50,
-            "defocus_values": 3,
-            "pixel_sizes": 1,
-            "correlations_per_pixel": 150,
-        },
-        "template_size": BOX,
-        "run_time_s": 1.0,
-        "devices": ["cpu"],
-    }
+        search_space=SearchSpaceSummary(
+            orientations=50, defocus_values=3, pixel_sizes=1, correlations_per_pixel=150
+        ),
+        image_shape=SHAPE,
+        run=RunRecord(run_time_s=1.0, devices=("cpu",)),
+        config_yaml="micrograph: micrograph.mrc\ntemplate: template.mrc\n",
+        template_size=BOX,
+    )
     result = MatchResult(maps, 2.0, metadata).save(directory / "result")
     # Truth: three of the planted peaks and one empty place (a miss).
     truth = pd.DataFrame(

@@ -14,6 +14,7 @@ from twodtm.errors import InputDataError
 from twodtm.io.mrc import read_mrc, write_mrc
 from twodtm.io.tables import read_particles
 from twodtm.orientations import angular_distance, euler_to_matrix
+from twodtm.programs.simulate import write_simulation
 from twodtm.simulate import (
     SimulationParams,
     degrade_volume,
@@ -21,7 +22,6 @@ from twodtm.simulate import (
     place_particles,
     random_poses,
     simulate_micrograph,
-    write_simulation,
 )
 
 OPTICS = Optics(

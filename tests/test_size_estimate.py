@@ -34,7 +34,7 @@ from twodtm.programs.match import (
     size_search,
 )
 from twodtm.progress import PlainProgress
-from twodtm.search.engine import workspace
+from twodtm.search._transforms import workspace
 from twodtm.search.executors import InProcessExecutor
 from twodtm.search.size import SearchSize, check_size, count_orientations
 
@@ -173,7 +173,7 @@ def test_too_little_memory_stops_unless_confirmed(tmp_path, monkeypatch):
     data = config.model_dump(mode="json")
     data["compute"]["confirm_long_run"] = True
     confirmed = match_template(parse_config(MatchConfig, data))
-    assert confirmed.metadata["search_space"]["orientations"] == count_orientations(
+    assert confirmed.metadata.search_space.orientations == count_orientations(
         20.0, 30.0
     )
 

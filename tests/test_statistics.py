@@ -6,10 +6,10 @@ import torch
 from twodtm.ctf import Optics
 from twodtm.orientations import orientation_grid
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
-from twodtm.search.engine import build_search_inputs
 from twodtm.search.executors import SearchTask, merge_all, run_chunk
+from twodtm.search.inputs import build_search_inputs
 from twodtm.search.space import SearchSpace
-from twodtm.search.statistics import QUANTUM_SCALE, SearchStatistics
+from twodtm.search.statistics import QUANTUM_SCALE, SearchStatistics, keep_max
 
 
 def _task(blob, n_orientations=21, batch_size=4):
@@ -107,3 +107,22 @@ def test_best_index_decodes_to_orientation_pixel_defocus():
     assert o.tolist() == [0, 0, 1, 4]
     assert p.tolist() == [0, 1, 0, 1]
     assert d.tolist() == [0, 2, 0, 2]
+
+
+def test_keep_max_gives_the_same_winner_in_any_order():
+    # Values drawn from a few levels, so that most pixels see ties.
+    g = torch.Generator().manual_seed(9)
+    values = torch.randint(0, 3, (5, 40), generator=g).float()
+    index = torch.stack([torch.randperm(40, generator=g) * 5 + k for k in range(5)])
+    # Reference: the largest value at each pixel, then its lowest index.
+    best = values.max(0).values
+    lowest = torch.where(values == best, index, index.max() + 1).min(0).values
+    for order in itertools.permutations(range(5)):
+        kept, kept_index = values[order[0]], index[order[0]]
+        for k in order[1:]:
+            kept, kept_index = keep_max(kept, kept_index, values[k], index[k])
+        assert torch.equal(kept, best)
+        assert torch.equal(kept_index, lowest)
+    before = values.clone(), index.clone()
+    keep_max(values[0], index[0], values[1], index[1])
+    assert torch.equal(values, before[0]) and torch.equal(index, before[1])

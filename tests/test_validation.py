@@ -7,18 +7,23 @@ import os
 import numpy as np
 import pytest
 
-from twodtm.errors import InputDataError, OutputWriteError
+from twodtm.config import Preprocessing
+from twodtm.errors import InputDataError, OutputExistsError, OutputWriteError
 from twodtm.io.inputs import (
     TemplatePolicy,
     check_micrograph,
     check_output_writable,
     check_signal,
     check_template,
+    claim_output,
     pad_to_cube,
     pad_to_even,
+    read_micrograph,
+    read_template,
     resample_volume,
+    template_policy,
 )
-from twodtm.io.mrc import MrcData
+from twodtm.io.mrc import MrcData, write_mrc
 
 SIGMA = 2.5  # A
 
@@ -164,3 +169,55 @@ def test_read_only_parent_is_refused(tmp_path):
     locked.chmod(0o500)
     with pytest.raises(OutputWriteError, match="not writable"):
         check_output_writable(locked / "results")
+
+
+def test_particle_programs_keep_the_template_voxel_size(tmp_path):
+    # No micrograph pixel size: the template's own voxel size is kept (the local
+    # searches scale their projections to it), so a header without one is refused.
+    kept = check_template(_template(32, 1.5), "t.mrc", None, TemplatePolicy())
+    assert kept[0].shape == (32, 32, 32)
+    assert kept[1] == 1.5
+    unknown = MrcData(data=gaussian(32, 1.0), pixel_size=0.0)
+    with pytest.raises(InputDataError, match="t.mrc: the MRC header holds no pixel"):
+        check_template(unknown, "t.mrc", None, TemplatePolicy())
+    assert check_template(unknown, "t.mrc", None, TemplatePolicy(pixel_size=1.2))[
+        1
+    ] == pytest.approx(1.2)
+
+
+def test_files_are_read_through_the_one_policy(tmp_path):
+    image = np.random.default_rng(4).normal(size=(40, 48)).astype(np.float32)
+    write_mrc(tmp_path / "mic.mrc", image, 1.5)
+    write_mrc(tmp_path / "odd.mrc", gaussian(33, 1.5), 1.5)
+    read = read_micrograph(tmp_path / "mic.mrc")
+    assert read.pixel_size == pytest.approx(1.5)
+    np.testing.assert_array_equal(read.data, image)
+    with pytest.raises(InputDataError, match="odd.mrc: expected a 2D micrograph"):
+        read_micrograph(tmp_path / "odd.mrc")
+    template = read_template(tmp_path / "odd.mrc", TemplatePolicy(), 1.5)
+    assert template.data.shape == (34, 34, 34)  # odd box padded to even
+    assert template.data[17, 17, 17] == pytest.approx(1.0)  # centre kept
+    with pytest.raises(InputDataError, match="allow_template_resampling"):
+        read_template(tmp_path / "odd.mrc", TemplatePolicy(), 1.0)
+
+
+def test_template_policy_follows_the_preprocessing_section():
+    fields = Preprocessing(allow_template_resampling=True, template_pixel_size=1.1)
+    policy = template_policy(fields)
+    assert policy == TemplatePolicy(
+        pixel_size=1.1, allow_resampling=True, pad_to_cube=False
+    )
+    assert template_policy(fields, pixel_size=0.9).pixel_size == 0.9
+
+
+def test_existing_result_is_claimed_only_with_overwrite(tmp_path):
+    assert claim_output(tmp_path / "new", "particles.star", False) == tmp_path / "new"
+    assert not (tmp_path / "new").exists()  # nothing is created by the claim
+    (tmp_path / "particles.star").write_text("data_")
+    with pytest.raises(
+        OutputExistsError, match=r"\(particles.star\); pass --overwrite"
+    ):
+        claim_output(tmp_path, "particles.star", False)
+    assert claim_output(tmp_path, "particles.star", True) == tmp_path
+    assert claim_output(tmp_path, "result.json", False) == tmp_path
+    assert (tmp_path / "particles.star").read_text() == "data_"

@@ -1,4 +1,4 @@
-"""Keep freed host memory in the process, so large CPU FFTs stop page-faulting.
+"""Host memory (shared, private): keep freed memory so large CPU FFTs stop faulting.
 
 torch's CPU FFT (MKL) takes a work buffer the size of the transform on every call.
 At 4096^2 that is 128 MB, above glibc's largest mmap threshold (32 MB), so every
@@ -26,6 +26,8 @@ import ctypes.util
 import os
 import sys
 from functools import cache
+
+__all__ = ["prepare_environment", "retain_freed_memory"]
 
 _M_TRIM_THRESHOLD = -1
 _M_MMAP_MAX = -4

@@ -1,10 +1,12 @@
-"""Turn a user's device request into torch devices, checking they exist."""
+"""Compute devices (shared by the programs): a request as checked torch devices."""
 
 from __future__ import annotations
 
 import torch
 
 from twodtm.errors import DeviceError
+
+__all__ = ["resolve_devices"]
 
 
 def _one(name: str) -> torch.device:
@@ -32,6 +34,30 @@ def resolve_devices(spec: str | list[str]) -> list[torch.device]:
     """Devices named by ``spec``: ``"cpu"``, ``"cuda:0"``, a list, or ``"all"``.
 
     ``"all"`` means every CUDA device, or the CPU when there is none.
+
+    Parameters
+    ----------
+    spec : str or list of str
+        ``compute.devices`` of a configuration, or a ``--device`` option.
+
+    Returns
+    -------
+    list of torch.device
+        The devices, CUDA ones with their index.
+
+    Raises
+    ------
+    DeviceError
+        For an unknown, unsupported or absent device, or an empty list.
+
+    Examples
+    --------
+    >>> resolve_devices("cpu"), resolve_devices(["cpu", " cpu "])
+    ([device(type='cpu')], [device(type='cpu'), device(type='cpu')])
+    >>> resolve_devices("tpu:0")
+    Traceback (most recent call last):
+    ...
+    twodtm.errors.DeviceError: unknown device 'tpu:0': use 'cpu', 'cuda:N' or 'all'
     """
     if isinstance(spec, str) and spec.strip().lower() == "all":
         count = torch.cuda.device_count() if torch.cuda.is_available() else 0

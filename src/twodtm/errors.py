@@ -1,4 +1,33 @@
-"""Typed exceptions: every user-facing failure is one of these, with the fix named."""
+"""Typed exceptions (shared by every layer): each user-facing failure, the fix named.
+
+``ConfigError`` and ``InputDataError`` are also ``ValueError``; ``TwodtmError``
+catches them all, as the command line (``twodtm.cli``) does.
+
+Examples
+--------
+>>> from twodtm.orientations import parse_symmetry
+>>> try:
+...     parse_symmetry("C0")
+... except ConfigError as err:
+...     print(isinstance(err, ValueError), isinstance(err, TwodtmError))
+...     print(err)
+True True
+unknown symmetry 'C0': use Cn or Dn (n >= 1), T, O or I.
+"""
+
+__all__ = [
+    "BatchSizeWarning",
+    "CheckpointError",
+    "ConfigError",
+    "DeviceError",
+    "InputDataError",
+    "InputFileError",
+    "OutputExistsError",
+    "OutputWriteError",
+    "SearchFailedError",
+    "SearchTooLargeError",
+    "TwodtmError",
+]
 
 
 class TwodtmError(Exception):

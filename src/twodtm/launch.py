@@ -1,4 +1,4 @@
-"""Entry point of the ``twodtm`` command: prepares the process, then runs the CLI.
+"""Entry point of the ``twodtm`` command (cli): prepares the process, runs the CLI.
 
 The host-memory settings of ``twodtm._hostmemory`` must be in the environment
 before torch is loaded, which importing ``twodtm.cli`` does.
@@ -9,6 +9,8 @@ from __future__ import annotations
 import importlib
 
 from twodtm._hostmemory import prepare_environment
+
+__all__ = ["main"]
 
 
 def main() -> None:

@@ -1,9 +1,12 @@
-"""Orientation grids, symmetry and Euler-angle conventions.
+"""Orientations (physics): search grids, symmetry and Euler-angle conventions.
 
 Euler angles are ZYZ in degrees, (phi, theta, psi), with RELION's and cisTEM's
-meaning: the rotation matrix is ``R = Rz(phi) @ Ry(theta) @ Rz(psi)`` and the
-projection image at that orientation is ``p(x, y) = integral V(R @ (x, y, z)) dz``,
-equivalently its 2D DFT samples the volume DFT on the plane ``R @ (kx, ky, 0)``.
+meaning (Heymann, Chagoyen & Belnap 2005, J. Struct. Biol. 151:196): the rotation
+matrix is ``R = Rz(phi) @ Ry(theta) @ Rz(psi)`` and the projection image at that
+orientation is ``p(x, y) = integral V(R @ (x, y, z)) dz``, equivalently its 2D DFT
+samples the volume DFT on the plane ``R @ (kx, ky, 0)``. The global search
+(``twodtm.search``) walks ``orientation_grid``; the local search
+(``twodtm.local``) refines around its points.
 """
 
 from __future__ import annotations
@@ -17,6 +20,17 @@ import torch
 from torch_so3 import get_symmetry_ranges, get_uniform_euler_angles
 
 from twodtm.errors import ConfigError
+
+__all__ = [
+    "BaseGrid",
+    "angular_distance",
+    "euler_to_matrix",
+    "matrix_to_euler",
+    "orientation_grid",
+    "parse_symmetry",
+    "random_rotations",
+    "symmetry_operators",
+]
 
 BaseGrid = Literal["uniform", "healpix"]
 _SYMMETRY = re.compile(r"^(C|D)([1-9][0-9]*)$|^(T|O|I)$")
@@ -56,6 +70,18 @@ def euler_to_matrix(angles: torch.Tensor) -> torch.Tensor:
     -------
     torch.Tensor
         ``(..., 3, 3)`` matrices ``Rz(phi) Ry(theta) Rz(psi)`` acting on xyz columns.
+
+    Examples
+    --------
+    phi = 90 turns x onto y; theta = 90 turns the beam axis z onto x:
+
+    >>> x, z = torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 0.0, 1.0])
+    >>> (euler_to_matrix(torch.tensor([90.0, 0.0, 0.0])) @ x).round(decimals=6)
+    tensor([0., 1., 0.])
+    >>> (euler_to_matrix(torch.tensor([0.0, 90.0, 0.0])) @ z).round(decimals=6)
+    tensor([1., 0., 0.])
+    >>> euler_to_matrix(torch.zeros(5, 2, 3)).shape
+    torch.Size([5, 2, 3, 3])
     """
     radians = torch.deg2rad(angles)
     phi, theta, psi = radians.unbind(-1)
@@ -76,6 +102,18 @@ def matrix_to_euler(matrices: torch.Tensor) -> torch.Tensor:
         ``(..., 3)`` (phi, theta, psi), phi and psi in [0, 360), theta in [0, 180].
         At the poles (theta = 0 or 180) only phi + psi or phi - psi is defined;
         there phi = 0 and psi carries the in-plane angle, as in the search grids.
+
+    Examples
+    --------
+    A round trip, and a pole where phi and psi merge into psi = phi + psi:
+
+    >>> angles = torch.tensor([[30.0, 40.0, 50.0], [200.0, 170.0, 10.0]])
+    >>> matrix_to_euler(euler_to_matrix(angles.double())).round(decimals=6)
+    tensor([[ 30.,  40.,  50.],
+            [200., 170.,  10.]], dtype=torch.float64)
+    >>> pole = euler_to_matrix(torch.tensor([30.0, 0.0, 50.0]).double())
+    >>> matrix_to_euler(pole).round(decimals=6)
+    tensor([ 0.,  0., 80.], dtype=torch.float64)
     """
     m = matrices
     # The third column is R @ z = (cos phi sin theta, sin phi sin theta, cos theta);
@@ -98,10 +136,20 @@ def matrix_to_euler(matrices: torch.Tensor) -> torch.Tensor:
 def parse_symmetry(symmetry: str) -> tuple[str, int]:
     """Split a point-group name such as ``C1``, ``D7``, ``T``, ``O``, ``I``.
 
+    Returns
+    -------
+    tuple[str, int]
+        The group letter and its order n (1 for T, O and I).
+
     Raises
     ------
     ConfigError
         For an unknown name, listing the accepted forms.
+
+    Examples
+    --------
+    >>> parse_symmetry("d7"), parse_symmetry("I")
+    (('D', 7), ('I', 1))
     """
     text = symmetry.strip().upper()
     match = _SYMMETRY.match(text)
@@ -122,6 +170,13 @@ def orientation_grid(
 ) -> torch.Tensor:
     """Euler angles covering the asymmetric unit of SO(3) (Hopf fibration).
 
+    The grid is torch-so3's: viewing directions (phi, theta) on the sphere, each
+    carrying a full circle of in-plane angles psi, as in the Hopf-fibration grids
+    of Yershova et al. 2010 (Int. J. Robot. Res. 29:801). The ``"uniform"``
+    sphere grid has rings of constant theta ``out_of_plane_step`` apart with a
+    phi step of about ``out_of_plane_step / sin(theta)``; ``"healpix"`` uses the
+    HEALPix pixel centres (Gorski et al. 2005, Astrophys. J. 622:759).
+
     Parameters
     ----------
     in_plane_step : float
@@ -138,6 +193,19 @@ def orientation_grid(
     -------
     torch.Tensor
         ``(N, 3)`` float64 (phi, theta, psi) in degrees.
+
+    Examples
+    --------
+    30 degree rings (theta 0, 30, ..., 180) give 46 viewing directions, each with
+    36 in-plane angles; C4 symmetry keeps a quarter of phi:
+
+    >>> grid = orientation_grid(10.0, 30.0)
+    >>> grid.shape, grid.dtype
+    (torch.Size([1656, 3]), torch.float64)
+    >>> grid[:, 1].unique().tolist()
+    [0.0, 30.0, 60.0, 90.0, 120.0, 150.0, 180.0]
+    >>> len(orientation_grid(10.0, 30.0, "C4")) // 36
+    15
     """
     group, order = parse_symmetry(symmetry)
     ranges = get_symmetry_ranges(group, order)
@@ -156,7 +224,28 @@ def random_rotations(n: int, generator: torch.Generator) -> torch.Tensor:
     """``(n, 3, 3)`` rotations drawn uniformly (Haar measure) on SO(3).
 
     Uses normalised 4D Gaussian vectors as unit quaternions, which are uniform on
-    the 3-sphere and hence give Haar-uniform rotations (not uniform Euler angles).
+    the 3-sphere and hence give Haar-uniform rotations (not uniform Euler angles;
+    Shoemake 1992, Uniform random rotations, Graphics Gems III).
+
+    Parameters
+    ----------
+    n : int
+        Number of rotations.
+    generator : torch.Generator
+        Source of the random numbers (seed it for a reproducible draw).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(n, 3, 3)`` float64 rotation matrices.
+
+    Examples
+    --------
+    >>> r = random_rotations(3, torch.Generator().manual_seed(0))
+    >>> torch.linalg.det(r).round(decimals=6)
+    tensor([1., 1., 1.], dtype=torch.float64)
+    >>> torch.allclose(r @ r.transpose(-1, -2), torch.eye(3, dtype=r.dtype))
+    True
     """
     q = torch.randn(n, 4, generator=generator, dtype=torch.float64)
     w, x, y, z = (q / q.norm(dim=1, keepdim=True)).unbind(-1)
@@ -206,6 +295,21 @@ def symmetry_operators(symmetry: str) -> torch.Tensor:
 
     Cn and Dn have their n-fold axis along z (Dn's 2-fold axes along x); T, O and I
     use the standard 2-fold and 3-fold axes about the origin.
+
+    Parameters
+    ----------
+    symmetry : str
+        Point group name (see ``parse_symmetry``).
+
+    Returns
+    -------
+    torch.Tensor
+        ``(G, 3, 3)`` float64, the identity first.
+
+    Examples
+    --------
+    >>> [len(symmetry_operators(s)) for s in ("C1", "C4", "D7", "T", "O", "I")]
+    [1, 4, 14, 12, 24, 60]
     """
     group, order = parse_symmetry(symmetry)
     z_axis = _axis_rotation((0, 0, 1), 360.0 / order)
@@ -238,7 +342,21 @@ def angular_distance(
     Returns
     -------
     torch.Tensor
-        ``(...)`` angles in degrees in [0, 180].
+        ``(...)`` angles in degrees in [0, 180]: the angle of the relative
+        rotation, ``arccos((trace(A^T B) - 1) / 2)`` (Huynh 2009, J. Math.
+        Imaging Vis. 35:155).
+
+    Examples
+    --------
+    A 30 degree turn about z is 30 degrees away; a 90 degree turn is no turn at
+    all for a C4-symmetric object:
+
+    >>> identity = torch.eye(3, dtype=torch.float64)
+    >>> turn = euler_to_matrix(torch.tensor([[30.0, 0.0, 0.0], [90.0, 0.0, 0.0]]))
+    >>> angular_distance(identity, turn.double()).round(decimals=6)
+    tensor([30., 90.], dtype=torch.float64)
+    >>> angular_distance(identity, turn.double(), "C4").round(decimals=6)
+    tensor([30.,  0.], dtype=torch.float64)
     """
     ops = symmetry_operators(symmetry).to(rotations_a)
     # V(S r) = V(r), and a pose R projects V(R r): so S @ R is the same pose as R.

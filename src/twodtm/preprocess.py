@@ -1,4 +1,9 @@
-"""Preprocessing of micrographs and templates: outliers, whitening, bandpass, padding.
+"""Preprocessing (physics): outliers, whitening, bandpass, padding, templates.
+
+What every search sees of its inputs: ``prepare_image`` turns a micrograph into
+the whitened DFT the global search (``twodtm.search``) and the local search
+(``twodtm.local``) correlate with, ``prepare_template`` a map into the Fourier
+volume their projections are cut from.
 
 Noise model. The search's correlation of a filtered projection ``F p`` with the
 prepared image is ``<w, F p> / ||F p||``; on noise it is N(0, 1) when the whitened
@@ -6,7 +11,9 @@ image ``w`` has unit variance per frequency (spectral density 1) wherever the
 template filter lets the projection through. ``prepare_image`` therefore scales
 the whitened image by its mean power per frequency over that band, measured per
 micrograph pixel that holds data. Its real-space variance is then the band's
-share of the frequencies (0.35 for a 3 A cut at 1 A/px), not 1.
+share of the frequencies (0.35 for a 3 A cut at 1 A/px), not 1. The whitened
+matched filter is that of Rickgauer et al. 2017 (eLife 6:e25648) and cisTEM's
+``match_template`` (Lucas et al. 2021, eLife 10:e68946).
 """
 
 from __future__ import annotations
@@ -18,6 +25,19 @@ import torch
 from torch.nn.functional import pad as zero_pad
 
 from twodtm.ctf import frequency_grid
+
+__all__ = [
+    "FilterSettings",
+    "PreparedImage",
+    "bandpass_filter",
+    "clipped_mean_std",
+    "fft_friendly_size",
+    "outlier_note",
+    "prepare_image",
+    "prepare_template",
+    "radial_power_spectrum",
+    "replace_outliers",
+]
 
 _FFT_PRIMES = (2, 3, 5, 7)
 # sigma / MAD of a normal distribution: 1 / Phi^-1(3/4)
@@ -58,7 +78,23 @@ class FilterSettings:
 
 
 def fft_friendly_size(n: int) -> int:
-    """Smallest even ``m >= n`` whose prime factors are all in {2, 3, 5, 7}."""
+    """Smallest even ``m >= n`` whose prime factors are all in {2, 3, 5, 7}.
+
+    Parameters
+    ----------
+    n : int
+        Size to pad, pixels.
+
+    Returns
+    -------
+    int
+        The padded size.
+
+    Examples
+    --------
+    >>> [fft_friendly_size(n) for n in (11, 927, 4092, 5760)]
+    [12, 960, 4096, 5760]
+    """
     m = max(n + n % 2, 2)
     while True:
         rest = m
@@ -112,6 +148,20 @@ def clipped_mean_std(image: torch.Tensor, n_sigma: float) -> tuple[float, float]
     tuple of float
         Mean and population standard deviation of the inliers (the latter low
         by under 0.1 % for ``n_sigma >= 4`` on Gaussian noise).
+
+    Examples
+    --------
+    Values 0, 1, 2, 3 (16 of each) and one hot pixel: the hot pixel is left out,
+    the moments are those of the other 63 values.
+
+    >>> image = torch.arange(64.0).reshape(8, 8) % 4
+    >>> image[3, 5] = 1000.0
+    >>> mean, sigma = clipped_mean_std(image, 5.0)
+    >>> rest = torch.cat([image.flatten()[:29], image.flatten()[30:]]).double()
+    >>> round(mean, 6) == round(float(rest.mean()), 6) == round(95 / 63, 6)
+    True
+    >>> round(sigma, 6) == round(float(rest.std(correction=0)), 6)
+    True
     """
     values = image.to(torch.float32).flatten()
     centre, scale = _robust_start(values)
@@ -152,6 +202,14 @@ def replace_outliers(image: torch.Tensor, n_sigma: float) -> tuple[torch.Tensor,
     tuple
         The float32 ``(H, W)`` image with outliers replaced, and how many
         pixels were replaced.
+
+    Examples
+    --------
+    >>> image = torch.arange(64.0).reshape(8, 8) % 4
+    >>> image[3, 5] = 1000.0
+    >>> cleaned, replaced = replace_outliers(image, 5.0)
+    >>> replaced, round(float(cleaned[3, 5]), 4), float(image[3, 5])
+    (1, 1.5079, 1000.0)
     """
     values = image.to(torch.float32)
     mean, sigma = clipped_mean_std(values, n_sigma)
@@ -163,7 +221,13 @@ def replace_outliers(image: torch.Tensor, n_sigma: float) -> tuple[torch.Tensor,
 def outlier_note(
     label: str, replaced: int, n_pixels: int, n_sigma: float | None
 ) -> str:
-    """One log line saying how many pixels ``replace_outliers`` replaced."""
+    """One log line saying how many pixels ``replace_outliers`` replaced.
+
+    Examples
+    --------
+    >>> outlier_note("mic.mrc", 12, 4096 * 4096, 5.0)  # doctest: +ELLIPSIS
+    'mic.mrc: replaced 12 of 16,777,216 pixels (0.00%) beyond 5 sigma ...'
+    """
     return (
         f"{label}: replaced {replaced:,} of {n_pixels:,} pixels "
         f"({replaced / max(n_pixels, 1):.2%}) beyond {n_sigma:g} sigma (hot pixels, "
@@ -188,6 +252,16 @@ def radial_power_spectrum(
     torch.Tensor
         ``(H, W // 2 + 1)`` float32: the mean power in the ring through each
         frequency, linearly interpolated between rings one pixel wide.
+
+    Examples
+    --------
+    A delta has the flat spectrum ``|X(k)|^2 = 1``:
+
+    >>> delta = torch.zeros(16, 16)
+    >>> delta[0, 0] = 1.0
+    >>> power = radial_power_spectrum(torch.fft.rfft2(delta), (16, 16))
+    >>> power.shape, torch.allclose(power, torch.ones(16, 9))
+    (torch.Size([16, 9]), True)
     """
     radius = frequency_grid(shape, 1.0 / max(shape), image_dft.device)  # in pixels
     n_bins = int(radius.max().ceil().item()) + 2
@@ -212,10 +286,36 @@ def bandpass_filter(
 ) -> torch.Tensor:
     """Cosine-edged bandpass on the rfft grid, 1 in the pass band, 0 outside.
 
+    Each edge is a raised cosine ``bandpass_falloff`` wide (1/Angstrom), centred
+    on its limit, where the filter is 0.5.
+
+    Parameters
+    ----------
+    shape : tuple[int, int]
+        ``(H, W)`` of the real-space image.
+    pixel_size : float
+        Angstrom per pixel.
+    settings : FilterSettings
+        The band limits (Angstrom) and the falloff.
+    device : torch.device or str
+        Where the filter is made.
+
     Returns
     -------
     torch.Tensor
         ``(H, W // 2 + 1)`` float32.
+
+    Examples
+    --------
+    A 20 A to 4 A band on a 100-pixel grid at 1 A per pixel (column c is
+    c / 100 per Angstrom: the limits are columns 5 and 25):
+
+    >>> settings = FilterSettings(
+    ...     bandpass_low_resolution=20.0, bandpass_high_resolution=4.0
+    ... )
+    >>> band = bandpass_filter((100, 100), 1.0, settings)
+    >>> band[0, [3, 5, 10, 25, 40]].tolist()
+    [0.0, 0.5, 1.0, 0.5, 0.0]
     """
     k = frequency_grid(shape, pixel_size, device)
     band = torch.ones_like(k)
@@ -231,7 +331,7 @@ def bandpass_filter(
     return band
 
 
-def whitening_filter(
+def _whitening_filter(
     image_dft: torch.Tensor,
     shape: tuple[int, int],
     pixel_size: float,
@@ -305,7 +405,7 @@ def _rfft_multiplicity(shape: tuple[int, int], device: torch.device) -> torch.Te
     return counts
 
 
-def noise_density(
+def _noise_density(
     image_dft: torch.Tensor,
     weights: torch.Tensor,
     shape: tuple[int, int],
@@ -361,6 +461,31 @@ def prepare_image(
     Returns
     -------
     PreparedImage
+        The whitened DFT, the template filter and the shapes.
+
+    Examples
+    --------
+    Noise coloured by ``1 / (|k| + 0.02)`` (power 80 times higher at low
+    frequency than near Nyquist) comes out white, with unit variance:
+
+    >>> g = torch.Generator().manual_seed(0)
+    >>> ky, kx = torch.fft.fftfreq(128)[:, None], torch.fft.rfftfreq(128)[None, :]
+    >>> colour = 1.0 / (torch.hypot(ky, kx) + 0.02)
+    >>> image = torch.fft.irfft2(
+    ...     torch.fft.rfft2(torch.randn(128, 128, generator=g)) * colour, s=(128, 128)
+    ... )
+    >>> settings = FilterSettings(outlier_sigma=None)
+    >>> prepared = prepare_image(image, 1.0, settings, pad_to_fft_friendly=False)
+    >>> def low_over_high(dft):
+    ...     power = radial_power_spectrum(dft, (128, 128))[0]
+    ...     return float(power[2:10].mean() / power[50:60].mean())
+    >>> low_over_high(torch.fft.rfft2(image)) > 50
+    True
+    >>> round(low_over_high(prepared.whitened_dft), 1)
+    1.0
+    >>> whitened = torch.fft.irfft2(prepared.whitened_dft, s=(128, 128))
+    >>> round(float(whitened.var()), 3), float(whitened.mean().abs()) < 1e-6
+    (1.0, True)
     """
     shape = (int(image.shape[-2]), int(image.shape[-1]))
     values, replaced = image.to(torch.float32), 0
@@ -375,13 +500,13 @@ def prepare_image(
         pad = (0, padded_shape[1] - shape[1], 0, padded_shape[0] - shape[0])
         centred = zero_pad(centred, pad)
     dft = torch.fft.rfft2(centred)
-    whitening = whitening_filter(dft, padded_shape, pixel_size, settings)
+    whitening = _whitening_filter(dft, padded_shape, pixel_size, settings)
     whitened = dft * whitening
     band = bandpass_filter(padded_shape, pixel_size, settings, image.device)
     # Unit density where templates pass (a cut or bandpass leaves the rest out of
     # every correlation); replaced pixels are flat and carry no noise.
     in_band = (whitening > 0) * band.square()
-    density = noise_density(
+    density = _noise_density(
         whitened, in_band, padded_shape, shape[0] * shape[1] - replaced
     )
     scale = density.sqrt().clamp_min(1e-30).to(torch.float32)
@@ -417,6 +542,24 @@ def prepare_template(volume: torch.Tensor, pad_factor: float = 2.0) -> torch.Ten
     torch.Tensor
         ``(p, p, p // 2 + 1)`` complex64 with ``p = t + 2 * floor(t (pad - 1) / 2)``
         (``8 p^2 (p // 2 + 1)`` bytes).
+
+    Examples
+    --------
+    A unit point at the centre voxel moves to the origin, so its transform is 1
+    at every frequency (even and odd padded sizes alike):
+
+    >>> point = torch.zeros(16, 16, 16)
+    >>> point[8, 8, 8] = 1.0
+    >>> dft = prepare_template(point)
+    >>> dft.shape, dft.dtype
+    (torch.Size([32, 32, 17]), torch.complex64)
+    >>> torch.allclose(dft, torch.ones_like(dft))
+    True
+    >>> odd = torch.zeros(15, 15, 15)
+    >>> odd[7, 7, 7] = 1.0
+    >>> dft = prepare_template(odd)
+    >>> dft.shape, torch.allclose(dft, torch.ones_like(dft), atol=1e-6)
+    (torch.Size([29, 29, 15]), True)
     """
     t = volume.shape[-1]
     faces = torch.cat(

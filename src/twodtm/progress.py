@@ -1,4 +1,4 @@
-"""Progress of long runs: plain lines for job logs, a rich bar for terminals.
+"""Progress of long runs (shared by the programs): plain log lines or a rich bar.
 
 Every long program reports through a ``ProgressReporter``: ``start`` a task (a
 label, its total work in some unit), ``advance`` it as work finishes (units and
@@ -15,7 +15,9 @@ The local refinement, which ``refine``, ``optimize-template`` and ``constrained`
 run inside their own loops, reports to the reporter made current with
 ``reporting``: each call announces its work (``expect_work``), so the total of a
 pixel-size sweep grows as the sweep reaches each size. Without one, nothing is
-shown.
+shown. The maths (``twodtm.search``, ``twodtm.local``) never draws anything; the
+programs (``twodtm.programs``) and the command line (``twodtm.cli``) choose the
+reporter.
 """
 
 from __future__ import annotations
@@ -41,10 +43,22 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-INTERVAL_ENV = "TWODTM_PROGRESS_INTERVAL"
-DEFAULT_INTERVAL_S = 30.0
-DEFAULT_STEP = 0.05
-Clock = Callable[[], float]
+__all__ = [
+    "BarProgress",
+    "HookProgress",
+    "PlainProgress",
+    "ProgressReporter",
+    "Snapshot",
+    "as_reporter",
+    "expect_work",
+    "format_duration",
+    "reporting",
+]
+
+_INTERVAL_ENV = "TWODTM_PROGRESS_INTERVAL"
+_DEFAULT_INTERVAL_S = 30.0
+_DEFAULT_STEP = 0.05
+_Clock = Callable[[], float]
 
 
 @dataclass(frozen=True)
@@ -95,7 +109,13 @@ class Snapshot:
 
 
 def format_duration(seconds: float) -> str:
-    """``H:MM:SS`` (``D d H:MM:SS`` from a day on), rounded to the second."""
+    """``H:MM:SS`` (``D d H:MM:SS`` from a day on), rounded to the second.
+
+    Examples
+    --------
+    >>> format_duration(59.6), format_duration(3725), format_duration(90061)
+    ('0:01:00', '1:02:05', '1 d 1:01:01')
+    """
     whole = int(round(max(0.0, seconds)))
     days, rest = divmod(whole, 86400)
     hours, rest = divmod(rest, 3600)
@@ -104,7 +124,7 @@ def format_duration(seconds: float) -> str:
     return f"{days} d {text}" if days else text
 
 
-def progress_line(s: Snapshot) -> str:
+def _progress_line(s: Snapshot) -> str:
     """One progress line: done/total, percentage, correlations per second, time left."""
     left = s.seconds_left
     remaining = "time left unknown" if left is None else f"{format_duration(left)} left"
@@ -114,7 +134,7 @@ def progress_line(s: Snapshot) -> str:
     )
 
 
-def summary_line(s: Snapshot) -> str:
+def _summary_line(s: Snapshot) -> str:
     """Format the line ending a task: work, correlations, time taken and pace."""
     return (
         f"{s.label}: finished {s.done:,}/{s.total:,} {s.unit} in "
@@ -123,7 +143,7 @@ def summary_line(s: Snapshot) -> str:
     )
 
 
-def stopped_line(s: Snapshot) -> str:
+def _stopped_line(s: Snapshot) -> str:
     """Format the line ending a task that raised (interrupted, failed)."""
     return (
         f"{s.label}: stopped at {s.done:,}/{s.total:,} {s.unit} after "
@@ -140,7 +160,7 @@ class ProgressReporter:
         Seconds, monotonic (default ``time.monotonic``).
     """
 
-    def __init__(self, clock: Clock = time.monotonic) -> None:
+    def __init__(self, clock: _Clock = time.monotonic) -> None:
         self._clock = clock
         self._label = ""
         self._unit = ""
@@ -231,9 +251,9 @@ class ProgressReporter:
             self.stop()
 
 
-def interval_from_environment(default: float = DEFAULT_INTERVAL_S) -> float:
+def _interval_from_environment(default: float = _DEFAULT_INTERVAL_S) -> float:
     """Seconds between plain progress lines: ``TWODTM_PROGRESS_INTERVAL`` or default."""
-    text = os.environ.get(INTERVAL_ENV, "").strip()
+    text = os.environ.get(_INTERVAL_ENV, "").strip()
     try:
         value = float(text) if text else default
     except ValueError:
@@ -253,24 +273,42 @@ class PlainProgress(ProgressReporter):
     stream : file, optional
         Where lines go (default: ``sys.stderr`` at the time of writing).
     interval_s : float, optional
-        Most seconds between lines (default: ``interval_from_environment()``).
+        Most seconds between lines (default: ``TWODTM_PROGRESS_INTERVAL``, else
+        30).
     step : float
         Fraction of the work between lines (0.05: a line each 5 %).
     clock : callable, optional
         Seconds, monotonic.
+
+    Examples
+    --------
+    Four orientations, two every 10 s, a line at each half of the work:
+
+    >>> import io
+    >>> out, now = io.StringIO(), [0.0]
+    >>> with PlainProgress(out, interval_s=600, step=0.5, clock=lambda: now[0]) as p:
+    ...     p.start("match", 4)
+    ...     for _ in range(2):
+    ...         now[0] += 10.0
+    ...         p.advance(2, correlations=2e6)
+    >>> print(out.getvalue(), end="")
+    match: 0/4 orientations (0.0%), 0 corr/s, time left unknown
+    match: 2/4 orientations (50.0%), 2e+05 corr/s, 0:00:10 left
+    match: 4/4 orientations (100.0%), 2e+05 corr/s, 0:00:00 left
+    match: finished 4/4 orientations in 0:00:20; 4,000,000 correlations, 2e+05 corr/s
     """
 
     def __init__(
         self,
         stream: TextIO | None = None,
         interval_s: float | None = None,
-        step: float = DEFAULT_STEP,
-        clock: Clock = time.monotonic,
+        step: float = _DEFAULT_STEP,
+        clock: _Clock = time.monotonic,
     ) -> None:
         super().__init__(clock)
         self._stream = stream
         self.interval_s = (
-            interval_from_environment() if interval_s is None else interval_s
+            _interval_from_environment() if interval_s is None else interval_s
         )
         self.step = step
         self._last_line = 0.0
@@ -299,16 +337,16 @@ class PlainProgress(ProgressReporter):
             self._line(snap)
 
     def _line(self, snap: Snapshot) -> None:
-        self._write(progress_line(snap))
+        self._write(_progress_line(snap))
         self._last_line = self._clock()
         while self._next_fraction <= snap.fraction + 1e-12:
             self._next_fraction += self.step
 
     def _finished(self, snapshot: Snapshot, stopped: bool) -> None:
-        self._write(stopped_line(snapshot) if stopped else summary_line(snapshot))
+        self._write(_stopped_line(snapshot) if stopped else _summary_line(snapshot))
 
 
-def correlation_bar(console: Console) -> Progress:
+def _correlation_bar(console: Console) -> Progress:
     """Make a rich bar: work done, correlations per second, time taken and left."""
     return Progress(
         TextColumn("[bold]{task.description}"),
@@ -332,10 +370,10 @@ class BarProgress(ProgressReporter):
         Seconds, monotonic.
     """
 
-    def __init__(self, console: Console, clock: Clock = time.monotonic) -> None:
+    def __init__(self, console: Console, clock: _Clock = time.monotonic) -> None:
         super().__init__(clock)
         self.console = console
-        self.bar = correlation_bar(console)
+        self.bar = _correlation_bar(console)
         self._task: TaskID | None = None
 
     def note(self, text: str) -> None:
@@ -413,12 +451,6 @@ _ACTIVE: contextvars.ContextVar[_Current | None] = contextvars.ContextVar(
 )
 
 
-def active() -> ProgressReporter:
-    """Return the reporter made current by ``reporting``, else a silent one."""
-    current = _ACTIVE.get()
-    return ProgressReporter() if current is None else current.reporter
-
-
 def expect_work(units: int, note: str | None = None) -> ProgressReporter:
     """Announce ``units`` more work to the current reporter and return it.
 
@@ -448,23 +480,3 @@ def reporting(
         yield reporter
     finally:
         _ACTIVE.reset(token)
-
-
-__all__ = [
-    "INTERVAL_ENV",
-    "BarProgress",
-    "HookProgress",
-    "PlainProgress",
-    "ProgressReporter",
-    "Snapshot",
-    "active",
-    "as_reporter",
-    "correlation_bar",
-    "expect_work",
-    "format_duration",
-    "interval_from_environment",
-    "progress_line",
-    "reporting",
-    "stopped_line",
-    "summary_line",
-]

@@ -1,4 +1,8 @@
-"""The ``twodtm`` command line (typer): one module per program, registered here."""
+"""The ``twodtm`` command line (cli, on top of the programs): one module per program.
+
+Each ``*_cmd`` module's ``register`` adds its commands to ``app``; ``main`` is the
+entry point (``twodtm.launch`` prepares the process first).
+"""
 
 from __future__ import annotations
 
@@ -14,10 +18,12 @@ from twodtm.cli import (
     report_cmd,
     simulate_cmd,
 )
-from twodtm.cli.app import app, console, main
+from twodtm.cli.app import app, main
+
+__all__ = ["app", "main"]
 
 # One entry per program module; each module's ``register`` adds its commands.
-PROGRAMS = (
+_PROGRAMS = (
     config_cmd,
     match_cmd,
     report_cmd,
@@ -29,7 +35,5 @@ PROGRAMS = (
     peaks_cmd,
     demo_cmd,
 )
-for _program in PROGRAMS:
+for _program in _PROGRAMS:
     _program.register(app)
-
-__all__ = ["PROGRAMS", "app", "console", "main"]

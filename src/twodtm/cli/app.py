@@ -1,4 +1,9 @@
-"""The typer application, its console and progress, and the error-handling entry."""
+"""The command line (cli): the typer application, its console and progress, the entry.
+
+Each ``twodtm.cli.*_cmd`` module registers its program's commands on ``app``;
+``main`` runs it and turns every ``twodtm.errors`` exception into one line and
+an exit status (``BAD_INPUT``, ``FAILED``, ``INTERRUPTED``).
+"""
 
 from __future__ import annotations
 
@@ -19,6 +24,16 @@ from rich.console import Console
 from twodtm.errors import TwodtmError
 from twodtm.progress import BarProgress, PlainProgress, ProgressReporter
 from twodtm.search.fallback import is_out_of_memory
+
+__all__ = [
+    "BAD_INPUT",
+    "FAILED",
+    "INTERRUPTED",
+    "app",
+    "console",
+    "main",
+    "make_progress",
+]
 
 BAD_INPUT = 2
 FAILED = 1
@@ -42,7 +57,7 @@ console = Console(stderr=True)
 
 
 # "plain" asks for plain progress lines on a terminal too (e.g. `| tee log`).
-PROGRESS_ENV = "TWODTM_PROGRESS"
+_PROGRESS_ENV = "TWODTM_PROGRESS"
 
 
 def make_progress() -> ProgressReporter:
@@ -52,13 +67,13 @@ def make_progress() -> ProgressReporter:
     file gets plain lines on stderr at a steady pace (see ``twodtm.progress``).
     Use the result in a ``with`` block.
     """
-    plain = os.environ.get(PROGRESS_ENV, "").strip().lower() == "plain"
+    plain = os.environ.get(_PROGRESS_ENV, "").strip().lower() == "plain"
     if console.is_terminal and sys.stdout.isatty() and not plain:
         return BarProgress(console)
     return PlainProgress()
 
 
-def fail(message: str) -> None:
+def _fail(message: str) -> None:
     """Print ``message`` as one red error line on stderr (no traceback)."""
     console.print(
         f"error: {message}",
@@ -100,20 +115,20 @@ def _run_app() -> int:
         app()
     except SystemExit as exit_:
         if exit_.code == INTERRUPTED:  # typer turns Ctrl-C into exit 130
-            fail(_INTERRUPTED_TEXT)
+            _fail(_INTERRUPTED_TEXT)
         raise
     except KeyboardInterrupt:
-        fail(_INTERRUPTED_TEXT)
+        _fail(_INTERRUPTED_TEXT)
         return INTERRUPTED
     except TwodtmError as err:
-        fail(str(err))
+        _fail(str(err))
         return BAD_INPUT
     except ValidationError as err:
-        fail(_validation_text(err))
+        _fail(_validation_text(err))
         return BAD_INPUT
     except OSError as err:
         where = f"{err.filename}: " if err.filename else ""
-        fail(
+        _fail(
             f"{where}{err.strerror or err}; check the path, permissions and free space."
         )
         return FAILED
@@ -121,7 +136,7 @@ def _run_app() -> int:
         if not is_out_of_memory(err):
             raise
         first_line = (str(err).strip().splitlines() or ["no details"])[0]
-        fail(f"out of memory ({first_line}); {_MEMORY_ADVICE}")
+        _fail(f"out of memory ({first_line}); {_MEMORY_ADVICE}")
         return FAILED
     return 0
 

@@ -12,6 +12,12 @@ from twodtm.devices import resolve_devices
 from twodtm.errors import ConfigError
 from twodtm.programs.benchmark import EngineOptions, format_report, time_engine
 
+__all__ = [
+    "bench",
+    "parse_image_size",
+    "register",
+]
+
 
 def parse_image_size(text: str) -> tuple[int, int]:
     """``"H"`` or ``"HxW"`` as ``(H, W)`` pixels; ``ConfigError`` otherwise."""

@@ -10,7 +10,7 @@ import typer
 
 from twodtm.errors import ConfigError
 
-EXAMPLES = {
+_EXAMPLES = {
     "match": "match.example.yaml",
     "refine": "refine.example.yaml",
     "optimize": "optimize.example.yaml",
@@ -20,11 +20,12 @@ EXAMPLES = {
 
 def example_text(program: str) -> str:
     """Commented example YAML of ``program``."""
-    if program not in EXAMPLES:
+    if program not in _EXAMPLES:
         raise ConfigError(
-            f"no example for {program!r}: choose one of {sorted(EXAMPLES)}"
+            f"no example for {program!r}: choose one of {sorted(_EXAMPLES)}"
         )
-    return resources.files("twodtm.data").joinpath(EXAMPLES[program]).read_text("utf-8")
+    example = resources.files("twodtm.data").joinpath(_EXAMPLES[program])
+    return example.read_text("utf-8")
 
 
 def config_example(
@@ -41,3 +42,6 @@ def register(app: typer.Typer) -> None:
     group = typer.Typer(help="Configuration files.", no_args_is_help=True)
     group.command("example")(config_example)
     app.add_typer(group, name="config")
+
+
+__all__ = ["config_example", "example_text", "register"]

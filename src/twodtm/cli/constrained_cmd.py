@@ -12,6 +12,8 @@ from twodtm.config import ConstrainedConfig, load_program_config
 from twodtm.programs.constrained import run_constrained
 from twodtm.progress import reporting
 
+__all__ = ["constrained", "register"]
+
 
 def constrained(
     config: Annotated[

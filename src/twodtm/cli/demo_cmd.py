@@ -11,6 +11,8 @@ import typer
 from twodtm.cli.app import make_progress
 from twodtm.programs.demo import run_demo_verbose
 
+__all__ = ["register"]
+
 
 def demo(
     output: Annotated[Path, typer.Option(help="output directory")] = Path(

@@ -89,3 +89,6 @@ def match(
 def register(app: typer.Typer) -> None:
     """Add ``twodtm match`` to ``app``."""
     app.command("match")(match)
+
+
+__all__ = ["match", "register"]

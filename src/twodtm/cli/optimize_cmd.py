@@ -12,6 +12,8 @@ from twodtm.config import OptimizeConfig, load_program_config
 from twodtm.programs.optimize import run_optimize
 from twodtm.progress import reporting
 
+__all__ = ["optimize_template", "register"]
+
 
 def optimize_template(
     config: Annotated[

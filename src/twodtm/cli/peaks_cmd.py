@@ -10,7 +10,9 @@ import typer
 from twodtm.cli.app import console
 from twodtm.errors import ConfigError
 from twodtm.io.tables import COORDINATE_LIST, COORDINATE_SUFFIX
-from twodtm.programs.peaks import PeakSettings, pick_and_write
+from twodtm.programs.peaks import PEAKS_RECORD, PeakSettings, pick_and_write
+
+__all__ = ["register"]
 
 
 def peaks(
@@ -53,7 +55,8 @@ def peaks(
     table = pick_and_write(result, settings, template_size, micrograph_name)
     console.print(
         f"{len(table)} particles -> {result / 'particles.star'}, "
-        f"{result / 'particles.csv'}; for RELION's extraction: "
+        f"{result / 'particles.csv'} (settings used: {result / PEAKS_RECORD}); "
+        "for RELION's extraction: "
         f"{result / COORDINATE_LIST} (--coord_list) and --coord_dir {result} "
         f"--coord_suffix _{COORDINATE_SUFFIX}.star",
         highlight=False,

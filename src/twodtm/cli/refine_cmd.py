@@ -12,6 +12,8 @@ from twodtm.config import RefineConfig, load_program_config
 from twodtm.programs.refine import run_refine
 from twodtm.progress import reporting
 
+__all__ = ["refine", "register"]
+
 
 def refine(
     config: Annotated[

@@ -10,6 +10,8 @@ import typer
 from twodtm.cli.app import console
 from twodtm.report import write_report
 
+__all__ = ["register"]
+
 
 def report(
     result_dir: Annotated[

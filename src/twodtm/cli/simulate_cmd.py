@@ -9,7 +9,7 @@ import typer
 
 from twodtm.cli.app import console
 from twodtm.config import SimulateConfig, parse_config, parse_overrides
-from twodtm.simulate import run_simulate_config
+from twodtm.programs.simulate import run_simulate_config
 
 _OPTICS_KEYS = {
     "voltage",
@@ -71,3 +71,6 @@ def simulate(
 def register(app: typer.Typer) -> None:
     """Add ``twodtm simulate`` to ``app``."""
     app.command("simulate")(simulate)
+
+
+__all__ = ["register", "simulate"]

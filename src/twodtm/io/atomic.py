@@ -1,4 +1,8 @@
-"""Atomic file writing: write beside the target, then rename over it."""
+"""Atomic file writing (I/O): write beside the target, then rename over it.
+
+Every writer of twodtm (maps, tables, results, checkpoints, reports) goes through
+``atomic_path``, so a crash never leaves a half-written output.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +12,8 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
+__all__ = ["atomic_path", "write_text_atomic"]
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
@@ -15,6 +21,21 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
 
     A crash or exception inside the block leaves ``path`` untouched and removes the
     temporary file, so readers never see a half-written output.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     target = Path(tmp) / "out.txt"
+    ...     write_text_atomic(target, "old")
+    ...     try:
+    ...         with atomic_path(target) as part:
+    ...             _ = part.write_text("half")
+    ...             raise RuntimeError("crash")
+    ...     except RuntimeError:
+    ...         pass
+    ...     target.read_text(), sorted(p.name for p in Path(tmp).iterdir())
+    ('old', ['out.txt'])
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)

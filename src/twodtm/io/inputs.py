@@ -1,6 +1,8 @@
-"""Checks of the match inputs, run once before any heavy work.
+"""The one input and output policy of every program, run before any heavy work.
 
-Each check raises a typed error (``twodtm.errors``) naming the file and the fix.
+Every program reads its micrograph with ``read_micrograph``, its template with
+``read_template`` and claims its result directory with ``claim_output``. Each
+check raises a typed error (``twodtm.errors``) naming the file and the fix.
 Three repairs happen only when the config allows or when they are exact:
 
 - a non-cubic template is padded to a cube (``preprocessing.pad_template_to_cube``);
@@ -22,11 +24,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import scipy.fft
 
-from twodtm.config import MatchConfig
-from twodtm.errors import InputDataError, OutputWriteError
-from twodtm.io.mrc import MrcData
+from twodtm.config import MatchConfig, Preprocessing
+from twodtm.errors import InputDataError, OutputExistsError, OutputWriteError
+from twodtm.io._repair import pad_to_cube, pad_to_even, resample_volume
+from twodtm.io.mrc import MrcData, read_mrc
+from twodtm.model_template import ModelTemplateSettings, load_template
 
 # Relative pixel-size difference the engine absorbs by scaling its Fourier slices.
 PIXEL_SIZE_TOLERANCE = 0.01
@@ -40,7 +43,8 @@ class TemplatePolicy:
     Attributes
     ----------
     pixel_size : float or None
-        Template voxel size in Angstrom; None reads it from the MRC header.
+        Template voxel size in Angstrom (an override or the config's); None reads
+        it from the MRC header.
     allow_resampling : bool
         Resample a template of another pixel size onto the micrograph's.
     pad_to_cube : bool
@@ -93,7 +97,17 @@ def check_signal(data: np.ndarray, name: str) -> None:
 
 
 def check_micrograph(data: np.ndarray, name: str) -> np.ndarray:
-    """Return a 2D, finite, non-constant micrograph as float32, else raise."""
+    """Return a 2D, finite, non-constant micrograph as float32, else raise.
+
+    Examples
+    --------
+    >>> check_micrograph(np.arange(6.0).reshape(2, 3), "mic.mrc").dtype
+    dtype('float32')
+    >>> check_micrograph(np.zeros((2, 2, 2)), "mic.mrc")
+    Traceback (most recent call last):
+    ...
+    twodtm.errors.InputDataError: mic.mrc: expected a 2D micrograph, found shape ...
+    """
     if data.ndim != 2:
         raise InputDataError(
             f"{name}: expected a 2D micrograph, found shape {data.shape}; pass a "
@@ -103,105 +117,39 @@ def check_micrograph(data: np.ndarray, name: str) -> np.ndarray:
     return np.asarray(data, dtype=np.float32)
 
 
-def pad_to_cube(volume: np.ndarray) -> np.ndarray:
-    """Pad a ``(d, h, w)`` volume to ``(n, n, n)``, ``n = max(d, h, w)``.
-
-    The centre voxel ``s // 2`` of each axis moves to ``n // 2``; new voxels take
-    the mean of the volume's faces (its background).
-
-    Returns
-    -------
-    np.ndarray
-        A new float32 array; ``volume`` is not modified.
-    """
-    n = max(volume.shape)
-    pads = [(n // 2 - s // 2, n - s - (n // 2 - s // 2)) for s in volume.shape]
-    return np.pad(volume, pads, constant_values=_face_mean(volume)).astype(np.float32)
-
-
-def pad_to_even(volume: np.ndarray) -> np.ndarray:
-    """Pad each odd axis by one voxel on its low side (face mean as value).
-
-    On an odd axis the centre voxel ``s // 2`` becomes ``(s + 1) // 2``, the centre
-    of the new even axis, so projections keep their centre.
-
-    Returns
-    -------
-    np.ndarray
-        A new float32 array with every axis even; ``volume`` is not modified.
-    """
-    pads = [(s % 2, 0) for s in volume.shape]
-    return np.pad(volume, pads, constant_values=_face_mean(volume)).astype(np.float32)
-
-
-def _face_mean(volume: np.ndarray) -> float:
-    faces = [
-        np.moveaxis(volume, axis, 0)[[0, -1]].ravel() for axis in range(volume.ndim)
-    ]
-    return float(np.concatenate(faces).mean(dtype=np.float64))
-
-
-def _crop_or_pad_centred(spectrum: np.ndarray, size: int) -> np.ndarray:
-    """Crop or zero-pad a centred (fftshifted) spectrum to ``size`` on every axis."""
-    out = spectrum
-    for axis, n in enumerate(spectrum.shape):
-        if size < n:
-            start = n // 2 - size // 2
-            out = np.take(out, np.arange(start, start + size), axis=axis)
-        elif size > n:
-            before = size // 2 - n // 2
-            pads = [(0, 0)] * out.ndim
-            pads[axis] = (before, size - n - before)
-            out = np.pad(out, pads)
-    return out
-
-
-def resample_volume(
-    volume: np.ndarray, pixel_size: float, target_pixel_size: float
-) -> tuple[np.ndarray, float]:
-    """Resample a cubic volume onto (nearly) another voxel size in Fourier space.
-
-    The 3D DFT of the ``(t, t, t)`` volume is cropped (coarser target) or
-    zero-padded (finer target) to ``m = round(t * pixel_size / target_pixel_size)``
-    and transformed back, scaled so voxel values (and the mean) are kept. The box
-    keeps its physical size, so the exact new voxel size is ``pixel_size * t / m``.
-
-    Parameters
-    ----------
-    volume : np.ndarray
-        ``(t, t, t)`` real map centred at voxel ``t // 2`` (not modified).
-    pixel_size, target_pixel_size : float
-        Current and wanted voxel sizes, Angstrom.
-
-    Returns
-    -------
-    tuple[np.ndarray, float]
-        ``(m, m, m)`` float32 map centred at ``m // 2``, and its voxel size in A.
-    """
-    t = volume.shape[0]
-    m = max(2, round(t * pixel_size / target_pixel_size))
-    axes = (0, 1, 2)
-    spectrum = scipy.fft.fftshift(
-        scipy.fft.fftn(scipy.fft.ifftshift(volume.astype(np.float64), axes=axes)),
-        axes=axes,
-    )
-    cropped = _crop_or_pad_centred(spectrum, m)
-    real = scipy.fft.fftshift(
-        scipy.fft.ifftn(scipy.fft.ifftshift(cropped, axes=axes)).real, axes=axes
-    )
-    return (real * (m / t) ** 3).astype(np.float32), pixel_size * t / m
-
-
 def template_pixel_size(
-    header_pixel_size: float, micrograph_pixel_size: float, policy: TemplatePolicy
+    header_pixel_size: float,
+    micrograph_pixel_size: float | None,
+    policy: TemplatePolicy,
+    name: str = "template",
 ) -> float:
-    """Template voxel size: the config's, else the header's, else the micrograph's.
+    """Template voxel size: the policy's, else the header's, else the micrograph's.
 
     A header without a pixel size (0) is taken to match the micrograph.
+
+    Raises
+    ------
+    InputDataError
+        Neither the policy nor the header gives a size and there is no micrograph
+        pixel size to fall back on.
+
+    Examples
+    --------
+    >>> template_pixel_size(0.0, 1.3, TemplatePolicy())
+    1.3
+    >>> template_pixel_size(1.1, 1.3, TemplatePolicy(pixel_size=1.2))
+    1.2
     """
     if policy.pixel_size is not None:
         return policy.pixel_size
-    return header_pixel_size if header_pixel_size > 0 else micrograph_pixel_size
+    if header_pixel_size > 0:
+        return header_pixel_size
+    if micrograph_pixel_size is None:
+        raise InputDataError(
+            f"{name}: the MRC header holds no pixel size; set "
+            "preprocessing.template_pixel_size."
+        )
+    return micrograph_pixel_size
 
 
 def _cube(volume: np.ndarray, name: str, policy: TemplatePolicy) -> np.ndarray:
@@ -236,7 +184,10 @@ def _same_pixel_size(
 
 
 def check_template(
-    template: MrcData, name: str, micrograph_pixel_size: float, policy: TemplatePolicy
+    template: MrcData,
+    name: str,
+    micrograph_pixel_size: float | None,
+    policy: TemplatePolicy,
 ) -> tuple[np.ndarray, float]:
     """Check and, where allowed, repair a template for a micrograph.
 
@@ -246,8 +197,10 @@ def check_template(
         The template as read from disk (not modified).
     name : str
         File name used in messages.
-    micrograph_pixel_size : float
-        Angstrom per micrograph pixel.
+    micrograph_pixel_size : float or None
+        Angstrom per micrograph pixel; the template's voxel size must match it
+        (or is resampled onto it). None keeps the template's own voxel size, for
+        programs that scale their projections to it (the particle programs).
     policy : TemplatePolicy
         Which repairs are allowed.
 
@@ -264,10 +217,13 @@ def check_template(
     """
     volume = _cube(template.data, name, policy)
     check_signal(volume, name)
-    pixel_size = template_pixel_size(template.pixel_size, micrograph_pixel_size, policy)
-    volume, pixel_size = _same_pixel_size(
-        volume, pixel_size, micrograph_pixel_size, name, policy.allow_resampling
+    pixel_size = template_pixel_size(
+        template.pixel_size, micrograph_pixel_size, policy, name
     )
+    if micrograph_pixel_size is not None:
+        volume, pixel_size = _same_pixel_size(
+            volume, pixel_size, micrograph_pixel_size, name, policy.allow_resampling
+        )
     if volume.shape[0] < MIN_TEMPLATE_SIZE:
         raise InputDataError(
             f"{name}: the template box is {volume.shape[0]} voxels; at least "
@@ -276,30 +232,112 @@ def check_template(
     return pad_to_even(volume), pixel_size
 
 
-def policy_from_config(config: MatchConfig) -> TemplatePolicy:
-    """Template repairs the config allows."""
-    p = config.preprocessing
+def template_policy(
+    fields: Preprocessing, pixel_size: float | None = None
+) -> TemplatePolicy:
+    """Template repairs a ``preprocessing`` section allows.
+
+    ``pixel_size`` (Angstrom) overrides the section's ``template_pixel_size``.
+
+    Examples
+    --------
+    >>> fields = Preprocessing(pad_template_to_cube=True, template_pixel_size=1.1)
+    >>> template_policy(fields)
+    TemplatePolicy(pixel_size=1.1, allow_resampling=False, pad_to_cube=True)
+    >>> template_policy(fields, pixel_size=1.2).pixel_size
+    1.2
+    """
     return TemplatePolicy(
-        pixel_size=p.template_pixel_size,
-        allow_resampling=p.allow_template_resampling,
-        pad_to_cube=p.pad_template_to_cube,
+        pixel_size=fields.template_pixel_size if pixel_size is None else pixel_size,
+        allow_resampling=fields.allow_template_resampling,
+        pad_to_cube=fields.pad_template_to_cube,
     )
 
 
-def check_match_inputs(
-    config: MatchConfig, micrograph: MrcData, template: MrcData
-) -> CheckedInputs:
-    """Check the micrograph and template of ``twodtm match`` against each other.
+def read_micrograph(path: str | os.PathLike[str]) -> MrcData:
+    """Read a micrograph and check it: 2D, finite, not constant.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        MRC file of one summed, motion-corrected image.
+
+    Returns
+    -------
+    MrcData
+        ``(H, W)`` float32 data and the header's pixel size (A, 0 when none).
 
     Raises
     ------
+    InputFileError
+        The file is missing, truncated or not an MRC file (``io.mrc.read_mrc``).
     InputDataError
+        Not 2D, NaN/Inf values or constant; the message names the file.
+    """
+    mrc = read_mrc(path)
+    return MrcData(check_micrograph(mrc.data, str(path)), mrc.pixel_size)
+
+
+def read_template(
+    path: str | os.PathLike[str],
+    policy: TemplatePolicy,
+    micrograph_pixel_size: float | None = None,
+    model: ModelTemplateSettings | None = None,
+) -> MrcData:
+    """Read a template (MRC map or atomic model) and check it (``check_template``).
+
+    Parameters
+    ----------
+    path : str or PathLike
+        MRC map, or PDB/mmCIF model simulated with ``model``
+        (``model_template.load_template``).
+    policy : TemplatePolicy
+        Voxel size override and the repairs allowed.
+    micrograph_pixel_size : float or None
+        Angstrom per micrograph pixel, which the voxel size must match; None keeps
+        the template's own voxel size (then a header without one needs
+        ``policy.pixel_size``).
+    model : ModelTemplateSettings, optional
+        How an atomic model is simulated (required for one).
+
+    Returns
+    -------
+    MrcData
+        ``(t, t, t)`` float32 template with t even, and its voxel size in A.
+
+    Raises
+    ------
+    ConfigError
+        An atomic model without ``model``.
+    InputFileError, InputDataError
+        An unreadable or unusable file; the message names it and the fix.
+    """
+    volume, pixel_size = check_template(
+        load_template(path, model), str(path), micrograph_pixel_size, policy
+    )
+    return MrcData(volume, pixel_size)
+
+
+def check_match_inputs(
+    config: MatchConfig, model: ModelTemplateSettings | None = None
+) -> CheckedInputs:
+    """Read and check the micrograph and template of ``twodtm match`` together.
+
+    ``model`` simulates a template that is an atomic model.
+
+    Raises
+    ------
+    InputFileError, InputDataError
         For any unusable input; the message names the file and the fix.
     """
-    image = check_micrograph(micrograph.data, config.micrograph)
-    volume, pixel_size = check_template(
-        template, config.template, config.optics.pixel_size, policy_from_config(config)
+    image = read_micrograph(config.micrograph).data
+    template = read_template(
+        config.template,
+        template_policy(config.preprocessing),
+        config.optics.pixel_size,
+        model,
     )
+    volume = template.data
     if volume.shape[0] > min(image.shape):
         raise InputDataError(
             f"{config.template}: the template box ({volume.shape[0]} px at the "
@@ -307,7 +345,7 @@ def check_match_inputs(
             "crop the template or use a larger micrograph."
         )
     return CheckedInputs(
-        micrograph=image, template=volume, template_pixel_size=pixel_size
+        micrograph=image, template=volume, template_pixel_size=template.pixel_size
     )
 
 
@@ -334,3 +372,76 @@ def check_output_writable(directory: str | os.PathLike[str]) -> Path:
             "choose another output directory."
         )
     return out
+
+
+def claim_output(
+    directory: str | os.PathLike[str], marker: str, overwrite: bool
+) -> Path:
+    """Check that a new result may be written to ``directory``; nothing is written.
+
+    Parameters
+    ----------
+    directory : str or PathLike
+        The result directory (it need not exist yet).
+    marker : str
+        The file whose presence means a result is there (``result.json``,
+        ``particles.star``).
+    overwrite : bool
+        Allow replacing an existing result (``--overwrite``, ``output.overwrite``).
+
+    Returns
+    -------
+    Path
+        ``directory``.
+
+    Raises
+    ------
+    OutputExistsError
+        ``marker`` exists there and ``overwrite`` is false.
+    OutputWriteError
+        The place is a file or not writable (``check_output_writable``).
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> tmp = tempfile.mkdtemp()
+    >>> claim_output(tmp, "result.json", overwrite=False) == Path(tmp)
+    True
+    >>> _ = (Path(tmp) / "result.json").write_text("{}")
+    >>> claim_output(tmp, "result.json", overwrite=True) == Path(tmp)
+    True
+    >>> claim_output(tmp, "result.json", overwrite=False)
+    Traceback (most recent call last):
+    ...
+    twodtm.errors.OutputExistsError: ...: holds a result already (result.json); ...
+    >>> import shutil
+    >>> shutil.rmtree(tmp)
+    """
+    out = check_output_writable(directory)
+    if (out / marker).exists() and not overwrite:
+        raise OutputExistsError(
+            f"{out}: holds a result already ({marker}); pass --overwrite (or "
+            "output.overwrite: true) or choose another --output directory."
+        )
+    return out
+
+
+__all__ = [
+    "MIN_TEMPLATE_SIZE",
+    "PIXEL_SIZE_TOLERANCE",
+    "CheckedInputs",
+    "TemplatePolicy",
+    "check_match_inputs",
+    "check_micrograph",
+    "check_output_writable",
+    "check_signal",
+    "check_template",
+    "claim_output",
+    "pad_to_cube",
+    "pad_to_even",
+    "read_micrograph",
+    "read_template",
+    "resample_volume",
+    "template_pixel_size",
+    "template_policy",
+]

@@ -1,4 +1,4 @@
-"""MRC reading and writing with mrcfile, keeping the pixel size in the header.
+"""MRC maps (I/O): reading and writing with mrcfile, the pixel size in the header.
 
 ``read_mrc`` checks a file before it reads the data: it must exist and be readable,
 hold a valid MRC2014 header (FEI extended headers and a z voxel size of 0 are
@@ -7,7 +7,9 @@ announces. Every failure is an ``InputFileError`` naming the file and the fix.
 
 The header's axis order (mapc, mapr, maps: the axis, 1 = x, 2 = y, 3 = z, along
 the file's columns, rows and sections) is honoured: the data are returned as
-[z, y, x] (or [y, x]) whatever order the file stores them in.
+[z, y, x] (or [y, x]) whatever order the file stores them in (MRC2014: Cheng
+et al. 2015, J. Struct. Biol. 192:146). Programs read micrographs and templates
+through ``twodtm.io.inputs``, which checks their content on top of this.
 """
 
 from __future__ import annotations
@@ -24,7 +26,9 @@ import numpy as np
 from twodtm.errors import InputFileError
 from twodtm.io.atomic import atomic_path
 
-HEADER_BYTES = 1024
+__all__ = ["MrcData", "read_mrc", "write_mrc"]
+
+_HEADER_BYTES = 1024
 _STANDARD_ORDER = (1, 2, 3)
 # MRC modes read as real numbers: int8, int16, float32, uint16, float16.
 _REAL_MODES = {0: "int8", 1: "int16", 2: "float32", 6: "uint16", 12: "float16"}
@@ -82,9 +86,9 @@ def _check_file(file: Path) -> int:
     if not os.access(file, os.R_OK):
         raise InputFileError(f"{file}: permission denied; make the file readable.")
     size = file.stat().st_size
-    if size < HEADER_BYTES:
+    if size < _HEADER_BYTES:
         raise InputFileError(
-            f"{file}: {size} bytes is shorter than an MRC header ({HEADER_BYTES} "
+            f"{file}: {size} bytes is shorter than an MRC header ({_HEADER_BYTES} "
             "bytes); the file is empty or not an MRC file."
         )
     return size
@@ -167,7 +171,7 @@ def _check_length(file: Path, layout: _Layout, file_size: int) -> None:
     """Refuse a file shorter than its header says (a truncated copy)."""
     itemsize = np.dtype(_REAL_MODES[layout.mode]).itemsize
     nz, ny, nx = layout.shape
-    expected = HEADER_BYTES + layout.extended_bytes + nx * ny * nz * itemsize
+    expected = _HEADER_BYTES + layout.extended_bytes + nx * ny * nz * itemsize
     if file_size < expected:
         raise InputFileError(
             f"{file}: truncated: the header announces {nx} x {ny} x {nz} "
@@ -220,6 +224,25 @@ def read_mrc(path: str | os.PathLike[str]) -> MrcData:
         (including an axis order that is not a permutation of 1, 2, 3), an
         unsupported (complex or packed) mode, a truncated data block, or is a
         single section outside the x-y plane.
+
+    Examples
+    --------
+    A round trip through a file (see ``write_mrc``); a missing file names itself:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = Path(tmp) / "image.mrc"
+    ...     write_mrc(path, np.arange(12.0).reshape(3, 4), pixel_size=1.5)
+    ...     image = read_mrc(path)
+    >>> image.data.shape, image.data.dtype, image.pixel_size
+    ((3, 4), dtype('float32'), 1.5)
+    >>> image.data[2].tolist()
+    [8.0, 9.0, 10.0, 11.0]
+    >>> read_mrc("missing.mrc")
+    Traceback (most recent call last):
+    ...
+    twodtm.errors.InputFileError: missing.mrc: file not found; check the path.
     """
     file = Path(path)
     file_size = _check_file(file)
@@ -250,6 +273,20 @@ def write_mrc(
         2D or 3D array. float64 and other float types are stored as float32.
     pixel_size : float
         Voxel size in Angstrom written to the header.
+
+    Examples
+    --------
+    A volume keeps its [z, y, x] layout and its voxel size:
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> volume = np.zeros((2, 3, 4))
+    >>> volume[1, 2, 3] = 7.0
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     write_mrc(Path(tmp) / "sub" / "map.mrc", volume, pixel_size=0.75)
+    ...     back = read_mrc(Path(tmp) / "sub" / "map.mrc")
+    >>> back.data.shape, float(back.data[1, 2, 3]), back.pixel_size
+    ((2, 3, 4), 7.0, 0.75)
     """
     array = np.asarray(data)
     if array.dtype.kind == "f" or array.dtype.kind in "iub" and array.itemsize > 2:

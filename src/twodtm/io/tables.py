@@ -1,4 +1,4 @@
-"""Particle tables: RELION 3.1+ STAR and plain CSV, read and written atomically.
+"""Particle tables (I/O): RELION 3.1+ STAR and plain CSV, read and written atomically.
 
 In memory a table is a pandas DataFrame with plain column names: ``x``, ``y``
 (pixels, x = column, y = row, 0-based), ``phi``, ``theta``, ``psi`` (degrees, ZYZ,
@@ -31,7 +31,7 @@ from twodtm.ctf import Optics
 from twodtm.errors import InputFileError
 from twodtm.io.atomic import atomic_path
 
-PLAIN_TO_RELION = {
+_PLAIN_TO_RELION = {
     "x": "rlnCoordinateX",
     "y": "rlnCoordinateY",
     "phi": "rlnAngleRot",
@@ -43,16 +43,27 @@ PLAIN_TO_RELION = {
     "zscore": "rlnAutopickFigureOfMerit",
     "micrograph": "rlnMicrographName",
 }
-RELION_TO_PLAIN = {v: k for k, v in PLAIN_TO_RELION.items()}
+_RELION_TO_PLAIN = {v: k for k, v in _PLAIN_TO_RELION.items()}
 # What a coordinate file for extraction may hold. RELION 3.1 copies these into the
 # extracted particles' table; CTF columns there make it abort (they belong to the
 # micrographs STAR), so the defocus stays in particles.star.
-COORDINATE_COLUMNS = ("x", "y", "zscore", "phi", "theta", "psi")
+_COORDINATE_COLUMNS = ("x", "y", "zscore", "phi", "theta", "psi")
 COORDINATE_SUFFIX = "twodtm"
 COORDINATE_LIST = "coordinates.star"
 
+__all__ = [
+    "COORDINATE_LIST",
+    "COORDINATE_SUFFIX",
+    "coordinate_file_name",
+    "read_particles",
+    "write_coordinates",
+    "write_csv_table",
+    "write_particles",
+    "write_star_table",
+]
 
-def with_defocus_columns(table: pd.DataFrame, optics: Optics | None) -> pd.DataFrame:
+
+def _with_defocus_columns(table: pd.DataFrame, optics: Optics | None) -> pd.DataFrame:
     """Return a copy holding defocus_u, defocus_v, defocus_angle and defocus.
 
     Missing astigmatic values are derived from the mean ``defocus`` and the
@@ -83,17 +94,17 @@ def _optics_block(optics: Optics) -> pd.DataFrame:
     )
 
 
-def to_relion(
+def _to_relion(
     table: pd.DataFrame,
     micrograph_name: str | None = None,
     optics: Optics | None = None,
 ) -> pd.DataFrame:
     """Return the columns of ``table`` that RELION knows, under their RELION names."""
-    df = with_defocus_columns(table, optics)
+    df = _with_defocus_columns(table, optics)
     if micrograph_name is not None:
         df["micrograph"] = micrograph_name
-    names = [c for c in PLAIN_TO_RELION if c in df]
-    relion = df[names].rename(columns=PLAIN_TO_RELION)
+    names = [c for c in _PLAIN_TO_RELION if c in df]
+    relion = df[names].rename(columns=_PLAIN_TO_RELION)
     if optics is not None:
         relion["rlnOpticsGroup"] = 1
     return relion.reset_index(drop=True)
@@ -108,11 +119,43 @@ def write_star_table(
     """Write a RELION 3.1+ STAR file atomically.
 
     It holds ``data_optics`` when optics are given, then ``data_particles``.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Particles with plain column names; those RELION knows are written under
+        their RELION names (``x`` as ``rlnCoordinateX``, ``phi`` as
+        ``rlnAngleRot``, ``zscore`` as ``rlnAutopickFigureOfMerit``, ...).
+    path : path
+        The STAR file.
+    micrograph_name : str, optional
+        Written as ``rlnMicrographName`` of every particle.
+    optics : Optics, optional
+        Pixel size, voltage, Cs and amplitude contrast of the optics block; also
+        the astigmatism of particles that have only a mean ``defocus``.
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> table = pd.DataFrame({"x": [10.5], "y": [20.0], "psi": [30.0]})
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = write_star_table(table, Path(tmp) / "picks.star", "mic.mrc")
+    ...     blocks = starfile.read(path, always_dict=True)
+    >>> list(blocks)
+    ['particles']
+    >>> blocks["particles"].columns.tolist()  # doctest: +NORMALIZE_WHITESPACE
+    ['rlnCoordinateX', 'rlnCoordinateY', 'rlnAnglePsi',
+     'rlnMicrographName']
     """
     blocks: dict[str, pd.DataFrame] = {}
     if optics is not None:
         blocks["optics"] = _optics_block(optics)
-    blocks["particles"] = to_relion(table, micrograph_name, optics)
+    blocks["particles"] = _to_relion(table, micrograph_name, optics)
     with atomic_path(path) as tmp:
         starfile.write(blocks, tmp, overwrite=True)
     return Path(path)
@@ -139,7 +182,7 @@ def write_particles(
         The STAR and CSV paths.
     """
     out = Path(directory)
-    full = with_defocus_columns(table, optics).assign(micrograph=micrograph_name)
+    full = _with_defocus_columns(table, optics).assign(micrograph=micrograph_name)
     star = write_star_table(full, out / "particles.star", micrograph_name, optics)
     csv = write_csv_table(full, out / "particles.csv")
     return star, csv
@@ -152,12 +195,17 @@ def coordinate_file_name(micrograph_name: str, suffix: str = COORDINATE_SUFFIX) 
     coordinates of micrograph ``M/mic.mrc`` from ``D/M/mic_<suffix>.star`` (the
     micrograph's folders after any ``Job/jobNNN/`` prefix are kept); put the file
     there, or name the micrographs ``mic.mrc`` in the micrographs STAR.
+
+    Examples
+    --------
+    >>> coordinate_file_name("MotionCorr/job002/Movies/mic_001.mrc")
+    'mic_001_twodtm.star'
     """
     return f"{PurePath(micrograph_name).stem}_{suffix}.star"
 
 
-def to_relion_coordinates(table: pd.DataFrame) -> pd.DataFrame:
-    """Return the ``COORDINATE_COLUMNS`` that ``table`` has, under RELION names.
+def _to_relion_coordinates(table: pd.DataFrame) -> pd.DataFrame:
+    """Return the ``_COORDINATE_COLUMNS`` that ``table`` has, under RELION names.
 
     Returns
     -------
@@ -167,8 +215,8 @@ def to_relion_coordinates(table: pd.DataFrame) -> pd.DataFrame:
         present, ``rlnAutopickFigureOfMerit`` (the z-score) and
         ``rlnAngleRot/Tilt/Psi``.
     """
-    names = [c for c in COORDINATE_COLUMNS if c in table]
-    relion = table[names].rename(columns=PLAIN_TO_RELION).reset_index(drop=True)
+    names = [c for c in _COORDINATE_COLUMNS if c in table]
+    relion = table[names].rename(columns=_PLAIN_TO_RELION).reset_index(drop=True)
     for axis in ("rlnCoordinateX", "rlnCoordinateY"):
         relion[axis] = np.floor(relion[axis].astype(np.float64) + 0.5)
     return relion
@@ -198,7 +246,9 @@ def write_coordinates(
     -------
     tuple[Path, Path]
         The coordinate file (one unnamed block ``data_`` with
-        ``to_relion_coordinates``'s columns, for ``--coord_suffix _<suffix>.star``)
+        ``rlnCoordinateX/Y`` rounded to the nearest pixel and, where present,
+        ``rlnAutopickFigureOfMerit`` and ``rlnAngleRot/Tilt/Psi``, for
+        ``--coord_suffix _<suffix>.star``)
         and ``coordinates.star`` (block ``data_coordinate_files``:
         ``rlnMicrographName`` and ``rlnMicrographCoordinates``, the coordinate
         file's path as ``directory`` was given, for ``--coord_list``).
@@ -206,7 +256,7 @@ def write_coordinates(
     out = Path(directory)
     coordinates = out / coordinate_file_name(micrograph_name, suffix)
     with atomic_path(coordinates) as tmp:
-        starfile.write({"": to_relion_coordinates(table)}, tmp, overwrite=True)
+        starfile.write({"": _to_relion_coordinates(table)}, tmp, overwrite=True)
     listing = pd.DataFrame(
         {
             "rlnMicrographName": [micrograph_name],
@@ -242,6 +292,27 @@ def read_particles(path: str | os.PathLike[str]) -> pd.DataFrame:
     ------
     InputFileError
         The file is missing, unreadable, or holds no coordinates.
+
+    Examples
+    --------
+    ``write_particles`` and back: a particle's mean defocus gets the
+    micrograph's astigmatism (U - V = 1000 A) in the STAR file, and RELION names
+    become plain ones again:
+
+    >>> import tempfile
+    >>> from twodtm.ctf import Optics
+    >>> optics = Optics(pixel_size=1.5, defocus_u=12000.0, defocus_v=11000.0)
+    >>> table = pd.DataFrame(
+    ...     {"x": [10.5], "y": [20.0], "zscore": [9.25], "defocus": [11800.0]}
+    ... )
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     star, csv = write_particles(table, tmp, "mic.mrc", optics)
+    ...     back = read_particles(star)
+    >>> columns = ["x", "y", "zscore", "defocus_u", "defocus_v", "defocus"]
+    >>> back.loc[0, columns].tolist()
+    [10.5, 20.0, 9.25, 12300.0, 11300.0, 11800.0]
+    >>> star.name, csv.name, back.loc[0, "micrograph"]
+    ('particles.star', 'particles.csv', 'mic.mrc')
     """
     file = Path(path)
     if not file.is_file():
@@ -251,9 +322,9 @@ def read_particles(path: str | os.PathLike[str]) -> pd.DataFrame:
             df = pd.read_csv(file)
         else:
             blocks = starfile.read(file, always_dict=True)
-            df = _particle_block(blocks, file).rename(columns=RELION_TO_PLAIN)
+            df = _particle_block(blocks, file).rename(columns=_RELION_TO_PLAIN)
     except (OSError, ValueError, KeyError, pd.errors.ParserError) as err:
         raise InputFileError(f"{file}: unreadable particle table ({err})") from None
     if not {"x", "y"} <= set(df):
         raise InputFileError(f"{file}: no x/y (rlnCoordinateX/Y) columns")
-    return with_defocus_columns(df, None).reset_index(drop=True)
+    return _with_defocus_columns(df, None).reset_index(drop=True)

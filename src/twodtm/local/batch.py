@@ -1,16 +1,18 @@
 """Local searches of a batch of particles at once, on one device.
 
 N particles whose boxes share one size b are searched together with the global
-search's engine (``search.engine``): their ``SearchInputs`` run the filter axis P
-over (particle, pixel size) pairs, so pair ``(n, s)`` holds box n's DFT times the
-CTFs of particle n's defocus values at pixel size s times the micrograph's
-whitening filter, their norm weights, and its own slice magnification. A chunk of
+search's primitives: their ``SearchInputs`` run the filter axis P over (particle,
+pixel size) pairs, so pair ``(n, s)`` holds box n's DFT times the CTFs of
+particle n's defocus values at pixel size s times the micrograph's whitening
+filter, their norm weights, and its own slice magnification. A chunk of
 orientations (m per particle, each particle's own rotations around its start) is
-sliced in one call, normalised by the exact filtered norms, multiplied with each
-particle's filtered box and inverse transformed in one batched FFT that computes
-only the ``(2r + 1)^2`` window of shifts. The best correlation at each window
-pixel and its trial are carried across chunks with the engine's rule (the lowest
-index wins ties), so the result does not depend on how the work is chunked.
+sliced in one call (``search.projection``), normalised by the exact filtered
+norms (``search.norms``), multiplied with each particle's filtered box and
+inverse transformed by two GEMMs that compute only the ``(2r + 1)^2`` window of
+shifts (``search._window``). The best correlation at each window pixel and its
+trial are carried across chunks with the engine's rule
+(``search.statistics.keep_max``: the lowest index wins ties), so the result does
+not depend on how the work is chunked.
 
 The trial index of a particle is the engine's flat index over its own local
 space: ``(orientation * S + pixel_size) * D + defocus``.
@@ -18,14 +20,33 @@ space: ``(orientation * S + pixel_size) * D + defocus``.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
 
 from twodtm.ctf import Optics, ctf_stack
 from twodtm.local.boxes import window_mask
-from twodtm.search.engine import SearchInputs, padded_dft, parseval_weights, project
+from twodtm.search._window import window_bases, window_inverse
+from twodtm.search.inputs import SearchInputs
+from twodtm.search.norms import filtered_norms, parseval_weights
+from twodtm.search.projection import padded_dft, project
+from twodtm.search.size import available_bytes
+from twodtm.search.statistics import keep_max
+
+__all__ = [
+    "CPU_CHUNK_BYTES",
+    "BestPose",
+    "ParticleBoxes",
+    "Template",
+    "WindowBest",
+    "batch_inputs",
+    "best_in_disk",
+    "best_maps",
+    "orientations_per_chunk",
+    "particle_ctfs",
+    "search_windows",
+    "window_correlations",
+]
 
 # Chunk memory on the CPU: larger chunks only add cache misses to the batched FFTs.
 CPU_CHUNK_BYTES = 64 * 2**20
@@ -149,74 +170,6 @@ def batch_inputs(
     )
 
 
-def _norms(weights: torch.Tensor, dfts: torch.Tensor) -> torch.Tensor:
-    """Real-space norms ``(n, m, D)`` of ``(n, m, K)``-flat DFTs under ``(n, D, K)``."""
-    power = (dfts * dfts.conj()).real.flatten(-2)
-    squared = weights @ power.transpose(-1, -2)  # (n, D, K) @ (n, K, m)
-    return squared.transpose(-1, -2).clamp_min(1e-30).sqrt()
-
-
-def window_bases(
-    shape: tuple[int, int], size: int, device: torch.device
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inverse-DFT matrices onto the top-left ``size x size`` pixels of an image.
-
-    Parameters
-    ----------
-    shape : tuple[int, int]
-        ``(H, W)`` of the real image.
-    size : int
-        Window edge.
-    device : torch.device
-        Where the matrices live.
-
-    Returns
-    -------
-    tuple[torch.Tensor, torch.Tensor]
-        ``rows`` ``(size, H)`` and ``columns`` ``(W // 2 + 1, size)`` complex64,
-        with ``real(rows @ X @ columns) == irfft2(X, s=shape)[:size, :size]`` for
-        an rfft-layout ``X`` (the columns weigh the non-redundant half twice but
-        for the DC and Nyquist columns, whose imaginary parts irfft drops too).
-    """
-    h, w = shape
-    pixel = torch.arange(size, dtype=torch.float64, device=device)
-    ky = torch.arange(h, dtype=torch.float64, device=device)
-    kx = torch.arange(w // 2 + 1, dtype=torch.float64, device=device)
-    weight = torch.full_like(kx, 2.0)
-    weight[0] = 1.0
-    if w % 2 == 0:
-        weight[-1] = 1.0
-    rows = torch.polar(
-        torch.full((size, h), 1.0 / h, dtype=torch.float64, device=device),
-        2.0 * torch.pi * pixel[:, None] * ky[None, :] / h,
-    )
-    columns = torch.polar(
-        (weight / w)[:, None].expand(-1, size),
-        2.0 * torch.pi * kx[:, None] * pixel[None, :] / w,
-    )
-    return rows.to(torch.complex64), columns.to(torch.complex64)
-
-
-def _window_inverse(
-    products: torch.Tensor, bases: tuple[torch.Tensor, torch.Tensor]
-) -> torch.Tensor:
-    """Window of the inverse transforms of ``(H, ..., K)`` products (rows first).
-
-    Two matrix products instead of a full ``irfft2``: a window of ``w`` pixels
-    costs ``w / (2.5 log2 H)`` of a row FFT and runs as one GEMM.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(..., w, w)`` float32.
-    """
-    rows, columns = bases
-    size, h, k = int(rows.shape[0]), int(products.shape[0]), int(products.shape[-1])
-    partial = rows @ products.reshape(h, -1)  # (w, ... * K)
-    window = (partial.reshape(-1, k) @ columns).real  # (w * ..., w)
-    return window.reshape(size, *products.shape[1:-1], size).movedim(0, -2)
-
-
 def window_correlations(
     inputs: SearchInputs, rotations: torch.Tensor, size: int
 ) -> torch.Tensor:
@@ -237,7 +190,8 @@ def window_correlations(
         ``(N, m, S, D, size, size)`` float32; window pixel ``(r, r)`` is the
         particle's start position.
     """
-    assert inputs.norm_weights is not None  # batch_inputs always builds them
+    if inputs.norm_weights is None:
+        raise ValueError("inputs: no norm_weights; build the inputs with batch_inputs")
     n, m = int(rotations.shape[0]), int(rotations.shape[1])
     n_pixel = int(inputs.filtered_image.shape[0]) // n
     scales = torch.tensor(
@@ -248,13 +202,13 @@ def window_correlations(
     for s in range(n_pixel):
         # The magnification goes into the matrices: one slicer call for the chunk.
         matrices = rotations.to(torch.float64) * scales[:, s, None, None, None]
-        projections = project(inputs, matrices.flatten(0, 1), 1.0)
+        projections = project(inputs.projector, matrices.flatten(0, 1), 1.0)
         dfts = padded_dft(projections, inputs.image_shape).unflatten(0, (n, m))
-        norms = _norms(inputs.norm_weights[s::n_pixel], dfts)
+        norms = filtered_norms(inputs.norm_weights[s::n_pixel], dfts)
         # Products laid out (H, n, m, D, K), frequency rows first, for the GEMM.
         filtered = inputs.filtered_image[s::n_pixel].movedim(-2, 0)[:, :, None]
         products = filtered * dfts.conj().movedim(-2, 0)[:, :, :, None]
-        window = _window_inverse(products, bases)
+        window = window_inverse(products, bases)
         maps.append(window / norms[..., None, None])
     return torch.stack(maps, 2)
 
@@ -275,23 +229,19 @@ class WindowBest:
     trials: torch.Tensor
 
 
-def fold_best(
+def _fold_best(
     best: WindowBest | None, correlations: torch.Tensor, first_trial: int
 ) -> WindowBest:
     """Fold a chunk ``(N, m, S, D, w, w)`` into the running maxima.
 
-    Chunks must come in increasing trial order (``first_trial`` is the index of the
-    chunk's first correlation): an equal later value then keeps the earlier trial.
+    ``first_trial`` is the trial index of the chunk's first correlation; the
+    lowest trial wins ties (``keep_max``), within a chunk and across chunks.
     """
     values, offsets = correlations.flatten(1, 3).max(dim=1)  # first maximum on ties
     trials = offsets + first_trial
     if best is None:
         return WindowBest(values, trials)
-    better = values > best.values
-    return WindowBest(
-        torch.where(better, values, best.values),
-        torch.where(better, trials, best.trials),
-    )
+    return WindowBest(*keep_max(best.values, best.trials, values, trials))
 
 
 def search_windows(
@@ -316,7 +266,7 @@ def search_windows(
     best = None
     for first in range(0, int(rotations.shape[1]), chunk):
         maps = window_correlations(inputs, rotations[:, first : first + chunk], size)
-        best = fold_best(best, maps, first * n_filters)
+        best = _fold_best(best, maps, first * n_filters)
     if best is None:
         raise ValueError("rotations: no orientations to search; pass at least one")
     return best
@@ -390,13 +340,11 @@ def orientations_per_chunk(
     A (particle, orientation) pair holds its projection DFT and, for one pixel
     size at a time, D products: ``(D + 1) b (b // 2 + 1)`` complex64 values (its
     windows are far smaller). The budget is a quarter of the free memory on CUDA
-    and ``CPU_CHUNK_BYTES`` on the CPU, where larger chunks only thrash the cache.
+    and at most ``CPU_CHUNK_BYTES`` on the CPU, where larger chunks only thrash
+    the cache (free memory from ``search.size.available_bytes``).
     """
     per_pair = (n_defocus + 1) * box_size * (box_size // 2 + 1) * 8
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        budget = 0.25 * free
-    else:
-        available = os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-        budget = min(CPU_CHUNK_BYTES, 0.25 * available)
+    budget = 0.25 * available_bytes(device)
+    if device.type != "cuda":
+        budget = min(CPU_CHUNK_BYTES, budget)
     return int(max(1, budget // (n_particles * per_pair)))

@@ -1,11 +1,11 @@
-"""Local-search machinery shared by refine, optimize and the constrained search.
+"""Particle boxes: cutting, filtering and shifting them, and the window of shifts.
 
 A local search looks at particles in small boxes cut from the micrograph, over
-small rotations composed with each starting pose, a few defocus values and pixel
-sizes. The correlations of a batch of particles come from
-``twodtm.local.batch`` (with the engine's projection helpers); this module
-provides the pieces that need no engine: the local grids, the boxes and their
-filters, the sub-pixel peaks and the z-score re-normalisation.
+small rotations composed with each starting pose (``local.grid``), a few defocus
+values and pixel sizes. The correlations of a batch of particles come from
+``local.batch``; this module provides the pieces that need no engine: the boxes
+and their filters, the window of shifts the peak may move to, the sub-pixel peaks
+and the z-score re-normalisation.
 
 Whitening in a box
 ------------------
@@ -21,106 +21,24 @@ then equal those of the global search, up to CTF tails that wrap at the box edge
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
 import torch
 
 from twodtm.ctf import Optics, frequency_grid
-from twodtm.orientations import euler_to_matrix, matrix_to_euler
 from twodtm.preprocess import PreparedImage, fft_friendly_size
 
-
-@dataclass(frozen=True)
-class LocalGrid:
-    """Small rotations around a pose, in degrees.
-
-    Out-of-plane tilts are rotations about the image x and y axes on a square grid
-    clipped to a disk of radius ``out_of_plane_range``; in-plane rotations are
-    about the beam axis. All three Euler angles of the composed poses vary.
-
-    Attributes
-    ----------
-    out_of_plane_range, out_of_plane_step : float
-        Largest tilt away from the start and its step, degrees.
-    in_plane_range, in_plane_step : float
-        Largest in-plane rotation and its step, degrees.
-    """
-
-    out_of_plane_range: float = 3.0
-    out_of_plane_step: float = 1.0
-    in_plane_range: float = 3.0
-    in_plane_step: float = 1.0
-
-    def halved(self) -> LocalGrid:
-        """Return the grid with ranges and steps halved (a finer, narrower pass)."""
-        return LocalGrid(
-            self.out_of_plane_range / 2,
-            self.out_of_plane_step / 2,
-            self.in_plane_range / 2,
-            self.in_plane_step / 2,
-        )
-
-
-def _symmetric_steps(limit: float, step: float) -> torch.Tensor:
-    count = int(math.floor(limit / step + 1e-9)) if step > 0 else 0
-    return step * torch.arange(-count, count + 1, dtype=torch.float64)
-
-
-def _rodrigues(vectors: torch.Tensor) -> torch.Tensor:
-    """``(M, 3, 3)`` rotations from ``(M, 3)`` axis-angle vectors in radians."""
-    angle = vectors.norm(dim=-1, keepdim=True)
-    axis = vectors / angle.clamp_min(1e-12)
-    x, y, z = axis.unbind(-1)
-    zero = torch.zeros_like(x)
-    k = torch.stack(
-        [
-            torch.stack([zero, -z, y], -1),
-            torch.stack([z, zero, -x], -1),
-            torch.stack([-y, x, zero], -1),
-        ],
-        -2,
-    )
-    s, c = torch.sin(angle)[..., None], torch.cos(angle)[..., None]
-    eye = torch.eye(3, dtype=vectors.dtype).expand_as(k)
-    return eye + s * k + (1 - c) * (k @ k)
-
-
-def small_rotations(grid: LocalGrid) -> torch.Tensor:
-    """Rotations of the local grid, identity first.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(M, 3, 3)`` float64; ``R_start @ small`` tilts the view by rotations
-        about the image x/y axes and turns it in plane about z.
-    """
-    tilt = _symmetric_steps(grid.out_of_plane_range, grid.out_of_plane_step)
-    spin = _symmetric_steps(grid.in_plane_range, grid.in_plane_step)
-    ax, ay, az = torch.meshgrid(tilt, tilt, spin, indexing="ij")
-    vectors = torch.stack([ax.flatten(), ay.flatten(), az.flatten()], -1)
-    keep = vectors[:, :2].norm(dim=-1) <= grid.out_of_plane_range + 1e-9
-    vectors = vectors[keep]
-    order = torch.argsort(vectors.norm(dim=-1), stable=True)
-    return _rodrigues(torch.deg2rad(vectors[order]))
-
-
-def local_orientations(start: torch.Tensor, grid: LocalGrid) -> torch.Tensor:
-    """ZYZ Euler angles of the local grid around a pose.
-
-    Parameters
-    ----------
-    start : torch.Tensor
-        ``(3,)`` (phi, theta, psi) in degrees (not modified).
-    grid : LocalGrid
-        Ranges and steps.
-
-    Returns
-    -------
-    torch.Tensor
-        ``(M, 3)`` float64 degrees; row 0 is the start pose itself.
-    """
-    rotation = euler_to_matrix(start.to(torch.float64).reshape(1, 3))
-    return matrix_to_euler(rotation @ small_rotations(grid))
+__all__ = [
+    "box_dfts",
+    "default_box_size",
+    "extract_boxes",
+    "renormalised_zscore",
+    "resample_filter",
+    "shift_phases",
+    "subpixel_peaks",
+    "whitened_real_image",
+    "window_mask",
+    "window_radius",
+]
 
 
 def whitened_real_image(image: PreparedImage) -> torch.Tensor:
@@ -175,8 +93,14 @@ def resample_filter(
     return resampled.to(torch.float32)
 
 
-def electron_wavelength(voltage: float) -> float:
-    """Relativistic electron wavelength in Angstrom at ``voltage`` kV."""
+def _electron_wavelength(voltage: float) -> float:
+    """Relativistic electron wavelength in Angstrom at ``voltage`` kV (approximate).
+
+    The textbook form ``12.2643 / sqrt(V (1 + 0.97845e-6 V))``, 6 ppm above
+    ``ctf.electron_wavelength`` (CODATA constants). Kept for the box size alone:
+    switching would move the rounded-up CTF spread by one pixel, and with it the
+    box of some particles (0.2 % of defocus and pixel-size values).
+    """
     volts = voltage * 1e3
     return 12.2643 / math.sqrt(volts * (1.0 + 0.97845e-6 * volts))
 
@@ -199,7 +123,7 @@ def default_box_size(template_size: int, optics: Optics, defocus: float) -> int:
         Largest defocus searched, Angstrom.
     """
     spread = (
-        electron_wavelength(optics.voltage) * abs(defocus) / (2 * optics.pixel_size**2)
+        _electron_wavelength(optics.voltage) * abs(defocus) / (2 * optics.pixel_size**2)
     )
     return fft_friendly_size(template_size + math.ceil(spread) + 8)
 
@@ -278,6 +202,11 @@ def window_radius(max_shift: float) -> int:
     """Half-width ``r`` of the ``(2r + 1)^2`` window holding shifts up to ``max_shift``.
 
     One pixel of margin lets a parabola through the outermost shifts.
+
+    Examples
+    --------
+    >>> window_radius(2.0), window_radius(2.5), window_radius(0.0)
+    (3, 4, 1)
     """
     return math.ceil(max_shift) + 1
 
@@ -317,6 +246,15 @@ def subpixel_peaks(
     torch.Tensor
         ``(N, 2)`` float64 ``(d_row, d_column)`` in [-0.5, 0.5] pixels (0 along an
         axis where the maximum is on the edge or the top is flat).
+
+    Examples
+    --------
+    A parabola with its vertex at (4.25, 3.5) and its top pixel at (4, 4):
+
+    >>> y, x = torch.meshgrid(torch.arange(9.0), torch.arange(9.0), indexing="ij")
+    >>> surface = 10 - (y - 4.25) ** 2 - (x - 3.5) ** 2
+    >>> subpixel_peaks(surface[None], torch.tensor([4]), torch.tensor([4])).tolist()
+    [[0.25, -0.5]]
     """
     h, w = values.shape[-2:]
     maps = values.to(torch.float64)

@@ -34,6 +34,19 @@ from twodtm.programs.match import executor_for, run_match
 from twodtm.progress import ProgressReporter
 from twodtm.search.executors import Executor
 
+__all__ = [
+    "CTF_COLUMNS",
+    "SUMMARY_COLUMNS",
+    "SUMMARY_NAME",
+    "MicrographEntry",
+    "MissingCtfWarning",
+    "list_micrographs",
+    "micrograph_config",
+    "read_star_micrographs",
+    "result_directories",
+    "run_batch",
+]
+
 SUMMARY_NAME = "summary.csv"
 SUMMARY_COLUMNS = (
     "micrograph",
@@ -241,7 +254,7 @@ def _row(
     }
 
 
-def write_summary(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
+def _write_summary(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Write the batch table as CSV, atomically."""
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
@@ -313,5 +326,5 @@ def run_batch(
                 rows.append(
                     _search_one(config, entry, directory, options | {"label": label})
                 )
-            write_summary(root / SUMMARY_NAME, rows)
+            _write_summary(root / SUMMARY_NAME, rows)
     return rows

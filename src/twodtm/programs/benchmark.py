@@ -1,20 +1,22 @@
 """Throughput of the search engine alone, on synthetic inputs.
 
-``time_engine`` builds a random micrograph and template, warms the engine up (which
+``time_engine`` builds a random micrograph and template, resolves the run
+options as ``twodtm match`` does (``search.options``), warms the engine up (which
 also compiles the fused statistics kernel), times a full search of the requested
-orientations, splits the time per correlation into its stages, and times the
-FFT-only floor: the batched inverse real FFT of the image size that every 2DTM
-engine must run once per correlation. ``twodtm bench`` and
-``benchmarks/throughput.py`` print what it returns.
+orientations, splits the time per correlation into its stages with the engine's
+own ``StageClock``, and times the FFT-only floor: the batched inverse real FFT
+of the image size that every 2DTM engine must run once per correlation.
+``twodtm bench`` and ``benchmarks/throughput.py`` print what it returns.
 """
 
 from __future__ import annotations
 
+import math
 import platform
 import resource
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -22,43 +24,45 @@ import torch
 from twodtm._hostmemory import retain_freed_memory
 from twodtm.ctf import Optics
 from twodtm.orientations import euler_to_matrix
-from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
-from twodtm.search.engine import (
-    Precision,
-    SearchInputs,
-    Workspace,
-    auto_batch_size,
-    build_search_inputs,
-    check_precision,
-    conjugate_template,
-    default_filters_per_transform,
-    default_paired,
-    filtered_products,
-    fold_orientation,
-    inverse_transforms,
-    orientation_norms,
-    padded_dft,
-    pair_filters,
-    pair_product,
-    pair_transform,
-    project,
-    projection_box,
-    search_orientations,
-    workspace,
+from twodtm.preprocess import (
+    FilterSettings,
+    PreparedImage,
+    prepare_image,
+    prepare_template,
 )
+from twodtm.search.clock import STAGES, StageClock
+from twodtm.search.engine import search_orientations
+from twodtm.search.inputs import Precision, SearchInputs, build_search_inputs
+from twodtm.search.options import (
+    RunOptions,
+    RunRequest,
+    RunSizes,
+    apply_run_options,
+    resolve_run_options,
+)
+from twodtm.search.projection import projection_box
+from twodtm.search.size import padded_size
 from twodtm.search.space import SearchSpace
-from twodtm.search.statistics import PairedStatistics, SearchStatistics
+from twodtm.search.statistics import SearchStatistics
+
+__all__ = [
+    "STAGES",
+    "EngineOptions",
+    "best_time",
+    "fft_floor",
+    "format_report",
+    "paired_fft_floor",
+    "precision_error",
+    "random_rotations",
+    "run_search",
+    "stage_times",
+    "synthetic_inputs",
+    "synthetic_volume",
+    "time_engine",
+]
 
 DEFOCUS_STEP = 200.0  # Angstrom between defocus filters
 PIXEL_SIZE = 1.0  # Angstrom
-STAGES = (
-    "slice_extraction",
-    "forward_fft",
-    "norms",
-    "multiply",
-    "inverse_fft",
-    "reduction",
-)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -84,12 +88,84 @@ def synthetic_volume(size: int, generator: torch.Generator) -> torch.Tensor:
     """``(t, t, t)`` white noise inside the box's inscribed sphere (radius t/2 - 1).
 
     A template boxed with a margin, as maps for 2DTM are: its projections fit
-    in the t box (``engine.projection_box`` gives t).
+    in the t box (``projection.projection_box`` gives t).
     """
     axis = torch.arange(size, dtype=torch.float32) - size // 2
     r2 = axis[:, None, None] ** 2 + axis[None, :, None] ** 2 + axis**2
     noise = torch.randn((size,) * 3, generator=generator)
     return noise * (r2 <= (size / 2 - 1) ** 2)
+
+
+@dataclass(frozen=True)
+class _Synthetic:
+    """A white-noise micrograph and a random template, prepared on a device."""
+
+    image: PreparedImage
+    volume: torch.Tensor
+    n_defocus: int
+    n_pixel_sizes: int
+
+    @classmethod
+    def make(
+        cls,
+        image_shape: tuple[int, int],
+        template_size: int,
+        filters: tuple[int, int],
+        device: torch.device,
+        seed: int,
+    ) -> _Synthetic:
+        """Draw the data (``filters``: defocus values, pixel sizes)."""
+        generator = torch.Generator().manual_seed(seed)
+        image = torch.randn(image_shape, generator=generator).to(device)
+        volume = synthetic_volume(template_size, generator).to(device)
+        prepared = prepare_image(
+            image, PIXEL_SIZE, FilterSettings(), pad_to_fft_friendly=True
+        )
+        return cls(prepared, volume, *filters)
+
+    def build(self, template_padding: float, slice_size: int) -> SearchInputs:
+        """Engine tensors at this template padding and slice box."""
+        n_defocus, n_pixel = self.n_defocus, self.n_pixel_sizes
+        offsets = DEFOCUS_STEP * (
+            torch.arange(n_defocus, dtype=torch.float64) - n_defocus // 2
+        )
+        pixel_offsets = 0.01 * (
+            torch.arange(n_pixel, dtype=torch.float64) - n_pixel // 2
+        )
+        space = SearchSpace(
+            euler_angles=torch.zeros((1, 3), dtype=torch.float64),
+            defocus_offsets=offsets,
+            pixel_sizes=PIXEL_SIZE + pixel_offsets,
+        )
+        optics = Optics(pixel_size=PIXEL_SIZE, defocus_u=12000.0, defocus_v=11800.0)
+        template = prepare_template(self.volume, template_padding)
+        size = int(self.volume.shape[-1])
+        return build_search_inputs(
+            template, size, self.image, optics, space, slice_size=slice_size
+        )
+
+    def slice_box(self, template_padding: float, slice_size: int | None) -> int:
+        """``slice_size``, or for None the map's ``projection_box`` (t)."""
+        if slice_size is not None:
+            return slice_size
+        size = int(self.volume.shape[-1])
+        return projection_box(self.volume, padded_size(size, template_padding))
+
+    def resolve(
+        self, request: RunRequest, slice_size: int | None, n_orientations: int
+    ) -> tuple[SearchInputs, RunOptions]:
+        """Resolve ``request`` as ``twodtm match`` does, and build the inputs."""
+        sizes = RunSizes(
+            image_shape=self.image.shape,
+            padded_shape=self.image.padded_shape,
+            template_size=int(self.volume.shape[-1]),
+            n_filters=self.n_defocus * self.n_pixel_sizes,
+            n_orientations=n_orientations,
+            slice_box=self.slice_box(request.template_padding, slice_size),
+        )
+        run = resolve_run_options(request, sizes, self.volume.device)
+        inputs = self.build(run.template_padding, run.slice_size)
+        return apply_run_options(inputs, run), run
 
 
 def synthetic_inputs(
@@ -105,33 +181,13 @@ def synthetic_inputs(
     """Engine tensors for a white-noise micrograph and a random template.
 
     The contents do not change the work done, only the shapes do.
-    ``slice_size`` None takes the map's ``engine.projection_box`` (t), 0 the
+    ``slice_size`` None takes the map's ``projection.projection_box`` (t), 0 the
     padded size.
     """
-    generator = torch.Generator().manual_seed(seed)
-    image = torch.randn(image_shape, generator=generator).to(device)
-    volume = synthetic_volume(template_size, generator).to(device)
-    prepared = prepare_image(
-        image, PIXEL_SIZE, FilterSettings(), pad_to_fft_friendly=True
+    data = _Synthetic.make(
+        image_shape, template_size, (n_defocus, n_pixel_sizes), device, seed
     )
-    offsets = DEFOCUS_STEP * (
-        torch.arange(n_defocus, dtype=torch.float64) - n_defocus // 2
-    )
-    pixel_offsets = 0.01 * (
-        torch.arange(n_pixel_sizes, dtype=torch.float64) - n_pixel_sizes // 2
-    )
-    space = SearchSpace(
-        euler_angles=torch.zeros((1, 3), dtype=torch.float64),
-        defocus_offsets=offsets,
-        pixel_sizes=PIXEL_SIZE + pixel_offsets,
-    )
-    optics = Optics(pixel_size=PIXEL_SIZE, defocus_u=12000.0, defocus_v=11800.0)
-    template = prepare_template(volume, template_padding)
-    if slice_size is None:
-        slice_size = projection_box(volume, int(template.shape[-3]))
-    return build_search_inputs(
-        template, template_size, prepared, optics, space, slice_size=slice_size
-    )
+    return data.build(template_padding, data.slice_box(template_padding, slice_size))
 
 
 def random_rotations(n: int, seed: int) -> torch.Tensor:
@@ -148,39 +204,18 @@ def run_search(
     rotations: torch.Tensor,
     batch_size: int,
     crop: tuple[int, int],
+    clock: StageClock | None = None,
 ) -> SearchStatistics:
-    """Search every rotation in batches, as ``search.executors.run_chunk`` does."""
+    """Search every rotation in batches, as ``search.executors.run_chunk`` does.
+
+    ``clock`` (optional) is charged with the seconds of every engine stage.
+    """
     stats = SearchStatistics.empty(crop, inputs.device)
     with torch.inference_mode():
         for start in range(0, rotations.shape[0], batch_size):
             batch = rotations[start : start + batch_size]
-            search_orientations(inputs, batch, start, stats, crop=crop)
+            search_orientations(inputs, batch, start, stats, crop=crop, clock=clock)
     return stats
-
-
-def _multiply_all(
-    inputs: SearchInputs, dft: torch.Tensor, norms: torch.Tensor, space: Workspace
-) -> None:
-    """Form every product of one orientation, as ``transform_orientation`` does."""
-    if inputs.n_pairs:
-        conjugate_template(dft, space, inputs.image_shape[1])
-        for j in range(inputs.n_pairs):
-            pair_product(inputs, 0, j, space)
-    group, offset = int(space.product.shape[0]), 2 * inputs.n_pairs
-    conj = dft.conj().resolve_conj()
-    for start in range(0, int(inputs.filtered_image.shape[1]), max(group, 1)):
-        chunk = norms[offset + start : offset + start + group]
-        filtered_products(inputs, conj, chunk, 0, space, start)
-
-
-def _invert_all(inputs: SearchInputs, space: Workspace) -> None:
-    """Every inverse transform of one orientation (products already formed)."""
-    for j in range(inputs.n_pairs):
-        pair_transform(space, j)
-    group = int(space.product.shape[0])
-    singles = int(inputs.filtered_image.shape[1])
-    for start in range(0, singles, max(group, 1)):
-        inverse_transforms(inputs, space, min(group, singles - start), start)
 
 
 def stage_times(
@@ -189,40 +224,20 @@ def stage_times(
     crop: tuple[int, int],
     repeats: int = 3,
 ) -> dict[str, float]:
-    """Seconds per correlation of each engine stage, timed one at a time.
+    """Seconds per correlation of each engine stage, from the engine's own clock.
 
-    Slice extraction is timed on the whole ``(B, 3, 3)`` batch and divided by
-    ``B * D``; the other stages on the first orientation, as the engine's loop
-    runs them, divided by D.
+    The batch ``rotations`` is searched ``repeats`` times with a ``StageClock``
+    (which synchronises CUDA around every stage); each stage's shortest total
+    is divided by the batch's ``B * P * D`` correlations.
     """
-    dev = inputs.device
-    n_batch, n_defocus = int(rotations.shape[0]), inputs.n_defocus
-    scale = inputs.pixel_scales[0]
-    stats = SearchStatistics.empty(crop, dev)
-    space = workspace(inputs)
-    with torch.inference_mode():
-        projections = project(inputs, rotations, scale)
-        shape = inputs.image_shape
-        dft = padded_dft(projections[:1], shape, space.spectrum, space.dft)
-        norms = orientation_norms(inputs, projections[0], dft, 0)
-        _multiply_all(inputs, dft[0], norms, space)
-        _invert_all(inputs, space)
-        target = PairedStatistics.empty(crop, dev) if inputs.n_pairs else stats
-        work: dict[str, Callable[[], object]] = {
-            "slice_extraction": lambda: project(inputs, rotations, scale),
-            "forward_fft": lambda: padded_dft(
-                projections[:1], shape, space.spectrum, space.dft
-            ),
-            "norms": lambda: orientation_norms(inputs, projections[0], dft, 0),
-            "multiply": lambda: _multiply_all(inputs, dft[0], norms, space),
-            "inverse_fft": lambda: _invert_all(inputs, space),
-            "reduction": lambda: fold_orientation(inputs, space, norms, 0, target),
-        }
-        return {
-            name: best_time(fn, dev, repeats)
-            / (n_defocus * (n_batch if name == "slice_extraction" else 1))
-            for name, fn in work.items()
-        }
+    best = dict.fromkeys(STAGES, math.inf)
+    for _ in range(max(repeats, 1)):
+        clock = StageClock(inputs.device)
+        run_search(inputs, rotations, int(rotations.shape[0]), crop, clock)
+        for name, seconds in clock.seconds.items():
+            best[name] = min(best[name], seconds)
+    correlations = int(rotations.shape[0]) * inputs.n_filters
+    return {name: seconds / correlations for name, seconds in best.items()}
 
 
 def fft_floor(
@@ -259,8 +274,9 @@ def paired_fft_floor(
 ) -> float:
     """Real maps per second from complex inverse FFTs that each yield two maps.
 
-    ``ifft2(A + iB) = a + ib`` for real a, b (``engine.pair_filters``): the floor
-    of an engine that pairs its maps, timed the same way as ``fft_floor``.
+    ``ifft2(A + iB) = a + ib`` for real a, b (``search._filters.pair_filters``):
+    the floor of an engine that pairs its maps, timed the same way as
+    ``fft_floor``.
     """
     spectrum = torch.randn(image_shape, dtype=torch.complex64, device=device)
     out = torch.empty_like(spectrum)
@@ -286,7 +302,7 @@ class EngineOptions:
     Attributes
     ----------
     batch_size : int or None
-        Orientations per engine call (None: ``engine.auto_batch_size``).
+        Orientations per engine call (None: ``search.size.auto_batch_size``).
     fused : bool
         Use the compiled one-pass statistics kernel; its compile time falls in
         the warm-up (``warmup_seconds``), not in the timed search.
@@ -294,12 +310,13 @@ class EngineOptions:
         Inverse-FFT precision (fp16 needs CUDA and power-of-two sizes).
     paired : bool or None
         Two defocus maps per complex inverse FFT (None: the device's default,
-        ``engine.default_paired``; never in fp16).
+        ``search.options.default_paired``; never in fp16).
     template_padding : float
-        Real-space oversampling of the template before its transform.
+        Requested real-space oversampling of the template before its transform
+        (lowered as ``twodtm match`` lowers it where it does not fit in memory).
     slice_size : int or None
         Box of the sampled slices (``SearchInputs.slice_size``): None for the
-        synthetic map's ``engine.projection_box`` (t), 0 for the padded size.
+        synthetic map's ``projection.projection_box`` (t), 0 for the padded size.
     """
 
     batch_size: int | None = None
@@ -349,31 +366,20 @@ def time_engine(
     opts = options or EngineOptions()
     dev = torch.device(device)
     retain_freed_memory()
-    inputs = synthetic_inputs(
-        image_shape,
-        template_size,
-        n_defocus,
-        n_pixel_sizes,
-        dev,
-        seed,
-        opts.template_padding,
-        opts.slice_size,
+    data = _Synthetic.make(
+        image_shape, template_size, (n_defocus, n_pixel_sizes), dev, seed
     )
-    check_precision(opts.precision, dev, inputs.image_shape)
-    inputs = replace(
-        inputs,
-        fused=opts.fused,
+    request = RunRequest(
         precision=opts.precision,
-        filters_per_transform=default_filters_per_transform(dev),
+        fused=opts.fused,
+        paired="auto" if opts.paired is None else opts.paired,
+        batch_size=opts.batch_size or "auto",
+        template_padding=opts.template_padding,
     )
-    paired = default_paired(dev) if opts.paired is None else opts.paired
-    if paired and opts.precision == "fp32":
-        inputs = pair_filters(inputs)
+    inputs, run = data.resolve(request, opts.slice_size, n_orientations)
     n_filters = n_defocus * n_pixel_sizes
     slice_size = inputs.slice_size or int(inputs.template_dft.shape[-3])
-    batch = opts.batch_size or auto_batch_size(
-        dev, inputs.image_shape, n_filters, slice_size
-    )
+    batch = run.batch_size
     rotations = random_rotations(n_orientations, seed)
     crop = image_shape
     if dev.type == "cuda":
@@ -408,10 +414,10 @@ def time_engine(
         "defocus_values": n_defocus,
         "pixel_sizes": n_pixel_sizes,
         "batch_size": batch,
-        "template_padding": opts.template_padding,
+        "template_padding": run.template_padding,
         "slice_size": slice_size,
-        "fused": opts.fused,
-        "precision": opts.precision,
+        "fused": run.fused,
+        "precision": run.precision,
         "torch": torch.__version__,
         "threads": torch.get_num_threads(),
     }
@@ -439,18 +445,20 @@ def precision_error(
         ``max_abs_mip_error`` and the settings.
     """
     dev = torch.device(device)
-    inputs = synthetic_inputs(image_shape, template_size, n_defocus, 1, dev, seed)
-    check_precision(precision, dev, inputs.image_shape)
-    inputs = replace(inputs, filters_per_transform=default_filters_per_transform(dev))
-    rotations = random_rotations(n_orientations, seed)
-    reference_inputs = inputs
-    if default_paired(dev):
-        reference_inputs = pair_filters(inputs)
+    data = _Synthetic.make(image_shape, template_size, (n_defocus, 1), dev, seed)
     batch = min(n_orientations, 8)
-    full = run_search(reference_inputs, rotations, batch, image_shape)
-    reduced = run_search(
-        replace(inputs, precision=precision), rotations, batch, image_shape
+    reference, _ = data.resolve(
+        RunRequest(fused=False, batch_size=batch), None, n_orientations
     )
+    rotations = random_rotations(n_orientations, seed)
+    full = run_search(reference, rotations, batch, image_shape)
+    del reference
+    reduced_inputs, _ = data.resolve(
+        RunRequest(precision=precision, fused=False, paired=False, batch_size=batch),
+        None,
+        n_orientations,
+    )
+    reduced = run_search(reduced_inputs, rotations, batch, image_shape)
     error = (reduced.zscore() - full.zscore()).double()
     return {
         "precision": precision,

@@ -24,9 +24,9 @@ from twodtm.ctf import Optics
 from twodtm.evaluation import DetectionScore, match_to_truth
 from twodtm.io.mrc import read_mrc
 from twodtm.io.results import MatchResult
-from twodtm.io.tables import write_coordinates, write_particles
 from twodtm.programs.match import match_template
-from twodtm.programs.peaks import PeakSettings, find_peaks
+from twodtm.programs.peaks import PeakSettings, pick_peaks, write_picks
+from twodtm.programs.simulate import write_simulation
 from twodtm.progress import ProgressReporter, as_reporter
 from twodtm.report import write_report
 from twodtm.simulate import (
@@ -34,12 +34,26 @@ from twodtm.simulate import (
     SimulationParams,
     degrade_volume,
     simulate_micrograph,
-    write_simulation,
 )
+
+__all__ = [
+    "DEMO_BOX_SIZE",
+    "DEMO_PARAMS",
+    "DEMO_PIXEL_SIZE",
+    "DEMO_SEARCH",
+    "DEMO_SYMMETRY",
+    "SearchSettings",
+    "Trial",
+    "demo_optics",
+    "demo_volume",
+    "run_demo",
+    "run_demo_verbose",
+    "run_trial",
+]
 
 DEMO_PIXEL_SIZE = 2.5
 DEMO_BOX_SIZE = 64
-DEMO_MAP = "demo_apoferritin.mrc"
+_DEMO_MAP = "demo_apoferritin.mrc"
 DEMO_SYMMETRY = "O"
 
 ProgressHook = Callable[[int, int], None]
@@ -87,7 +101,7 @@ class Trial:
 
 def demo_volume() -> tuple[torch.Tensor, float]:
     """Return the shipped apoferritin map and its pixel size (Angstrom)."""
-    resource = resources.files("twodtm.data").joinpath(DEMO_MAP)
+    resource = resources.files("twodtm.data").joinpath(_DEMO_MAP)
     with resources.as_file(resource) as path:
         mrc = read_mrc(path)
     return torch.from_numpy(mrc.data), DEMO_PIXEL_SIZE
@@ -103,7 +117,7 @@ def demo_optics(pixel_size: float = DEMO_PIXEL_SIZE) -> Optics:
     )
 
 
-def match_config(
+def _match_config(
     directory: Path, optics: Optics, search: SearchSettings
 ) -> MatchConfig:
     """Build the match config for micrograph.mrc and template.mrc in ``directory``."""
@@ -177,18 +191,17 @@ def run_trial(
     sim = simulate_micrograph(volume, optics, params)
     template = degrade_volume(volume, optics.pixel_size, b_factor=template_b_factor)
     write_simulation(sim, out, template, optics.pixel_size)
-    config = match_config(out, optics, search)
+    config = _match_config(out, optics, search)
     result = match_template(config, reporter)
     result.save(out / "result")
     reporter.note("demo: picking and scoring the particles")
-    peaks = find_peaks(result, PeakSettings(), int(volume.shape[-1]))
-    write_coordinates(peaks, out / "result", "micrograph.mrc")
-    write_particles(peaks, out / "result", "micrograph.mrc", optics)
+    peaks, record = pick_peaks(result, PeakSettings(), int(volume.shape[-1]))
+    write_picks(out / "result", peaks, record, "micrograph.mrc", optics)
     score = match_to_truth(peaks, sim.truth, volume.shape[-1] / 4, search.symmetry)
     return Trial(sim, result, peaks, score, time.perf_counter() - started)
 
 
-def score_table(trial: Trial) -> pd.DataFrame:
+def _score_table(trial: Trial) -> pd.DataFrame:
     """Found particles next to their true match (unmatched picks have NaN truth)."""
     peaks = trial.peaks.reset_index(drop=True)
     pairs = trial.score.pairs.set_index("found_index")
@@ -265,24 +278,23 @@ def _demo_trial(
     optics = demo_optics(pixel_size)
     reporter = as_reporter(progress)
     trial = run_trial(volume, optics, params, search, directory, 0.0, reporter)
-    score_table(trial).to_csv(Path(directory) / "demo_scores.csv", index=False)
+    _score_table(trial).to_csv(Path(directory) / "demo_scores.csv", index=False)
     if report:
         reporter.note("demo: writing the report")
         _write_report(trial, Path(directory))
     return trial
 
 
-def summary_lines(trial: Trial) -> list[str]:
+def _summary_lines(trial: Trial) -> list[str]:
     """Return the demo printout; its last line is ``recall R precision P``."""
     score = trial.score
-    table = score_table(trial).to_string(
+    table = _score_table(trial).to_string(
         index=False, float_format=lambda v: f"{v:.1f}", na_rep="-"
     )
-    space = trial.result.metadata.get("search_space", {})
+    per_pixel = trial.result.metadata.correlations_per_pixel
     return [
         table,
-        f"searched {space.get('correlations_per_pixel', '?')} correlations per pixel "
-        f"in {trial.seconds:.0f} s",
+        f"searched {per_pixel} correlations per pixel in {trial.seconds:.0f} s",
         f"found {score.n_found}, true {score.n_truth}, matched {score.n_matched}; "
         f"median position error {score.median_position_error:.2f} px, "
         f"median angular error {score.median_angular_error:.2f} deg",
@@ -298,7 +310,7 @@ def run_demo_verbose(
     search: SearchSettings = DEMO_SEARCH,
 ) -> list[str]:
     """Run the demo and return the lines ``twodtm demo`` prints."""
-    return summary_lines(_demo_trial(directory, report, progress, params, search))
+    return _summary_lines(_demo_trial(directory, report, progress, params, search))
 
 
 def _write_report(trial: Trial, directory: Path) -> None:

@@ -19,12 +19,15 @@ import torch
 from twodtm.config import MatchConfig, dump_yaml
 from twodtm.ctf import Optics
 from twodtm.devices import resolve_devices
-from twodtm.errors import OutputExistsError
-from twodtm.io.inputs import check_match_inputs, check_output_writable
-from twodtm.io.mrc import read_mrc
-from twodtm.io.results import MAP_NAMES, MatchResult
+from twodtm.io.inputs import check_match_inputs, claim_output
+from twodtm.io.results import (
+    MAP_NAMES,
+    MatchMetadata,
+    MatchResult,
+    RunRecord,
+    SearchSpaceSummary,
+)
 from twodtm.model_template import (
-    load_template,
     model_template_settings,
     resolve_model_template,
 )
@@ -37,9 +40,7 @@ from twodtm.preprocess import (
     replace_outliers,
 )
 from twodtm.progress import ProgressReporter, as_reporter
-from twodtm.search import engine
 from twodtm.search.checkpoint import fingerprint
-from twodtm.search.engine import build_search_inputs
 from twodtm.search.executors import (
     DaskExecutor,
     Executor,
@@ -48,6 +49,14 @@ from twodtm.search.executors import (
     make_executor,
 )
 from twodtm.search.fallback import release_cached_memory
+from twodtm.search.inputs import build_search_inputs
+from twodtm.search.options import (
+    RunRequest,
+    RunSizes,
+    apply_run_options,
+    resolve_run_options,
+)
+from twodtm.search.projection import projection_box
 from twodtm.search.runner import (
     CheckpointPolicy,
     remove_checkpoint,
@@ -63,6 +72,7 @@ from twodtm.search.size import (
     count_orientations,
     device_bytes,
     host_bytes,
+    padded_size,
 )
 from twodtm.search.space import Chunk, SearchSpace
 from twodtm.search.statistics import SearchStatistics
@@ -104,12 +114,11 @@ def load_inputs(config: MatchConfig) -> MatchInputs:
     Raises
     ------
     InputFileError, InputDataError
-        From ``io.mrc.read_mrc`` and ``validation.check_match_inputs``.
+        From ``io.inputs.check_match_inputs``, the one input policy.
     """
     # An atomic-model template is simulated in memory here; run_match instead
     # caches its map in the result directory (model_template.resolve_model_template).
-    template = load_template(config.template, model_template_settings(config))
-    checked = check_match_inputs(config, read_mrc(config.micrograph), template)
+    checked = check_match_inputs(config, model_template_settings(config))
     micrograph, replaced = checked.micrograph, 0
     sigma = config.preprocessing.outlier_sigma
     if sigma is not None:
@@ -210,39 +219,38 @@ def prepare_task(
         config.preprocessing.pad_to_fft_friendly,
     )
     template = torch.from_numpy(inputs.template).to(device)
-    template_dft = prepare_template(template, config.preprocessing.template_padding)
+    t = int(template.shape[-1])
+    requested = config.preprocessing.template_padding
+    sizes = RunSizes(
+        image_shape=image.shape,
+        padded_shape=image.padded_shape,
+        template_size=t,
+        n_filters=space.n_filters,
+        n_orientations=total_orientations or space.n_orientations,
+        slice_box=projection_box(template, padded_size(t, requested)),
+    )
+    compute = config.compute
+    request = RunRequest(
+        precision=compute.precision,
+        fused=compute.fused_statistics,
+        paired=compute.paired_transforms,
+        batch_size=compute.batch_size,
+        template_padding=requested,
+    )
+    options = resolve_run_options(request, sizes, device)
     search_inputs = build_search_inputs(
-        template_dft,
-        template.shape[-1],
+        prepare_template(template, options.template_padding),
+        t,
         image,
         inputs.optics,
         space,
         inputs.template_pixel_size,
-        slice_size=engine.projection_box(template, int(template_dft.shape[-3])),
+        slice_size=options.slice_size,
     )
-    compute = config.compute
-    engine.check_precision(compute.precision, device, image.padded_shape)
-    fused = compute.fused_statistics
-    if fused == "auto":
-        n_total = total_orientations or space.n_orientations
-        fused = engine.use_fused(device, n_total * space.n_filters, image.shape)
-    search_inputs = replace(
-        search_inputs,
-        precision=compute.precision,
-        fused=fused,
-        filters_per_transform=engine.default_filters_per_transform(device),
+    search_inputs = apply_run_options(search_inputs, options)
+    return SearchTask(
+        search_inputs, space.euler_angles, image.shape, options.batch_size
     )
-    paired = compute.paired_transforms
-    if paired == "auto":
-        paired = engine.default_paired(device)
-    if paired and compute.precision == "fp32":
-        search_inputs = engine.pair_filters(search_inputs)
-    batch = compute.batch_size
-    if batch == "auto":
-        batch = engine.auto_batch_size(
-            device, image.padded_shape, space.n_filters, search_inputs.slice_size
-        )
-    return SearchTask(search_inputs, space.euler_angles, image.shape, int(batch))
 
 
 CHECKPOINT_NAME = "match.checkpoint"
@@ -504,11 +512,7 @@ def match_template(
     return MatchResult(
         maps=decode_maps(stats, space, inputs.optics),
         pixel_size=inputs.optics.pixel_size,
-        metadata=_metadata(config, space, stats, elapsed, _describe(executor))
-        | {
-            "template_size": int(inputs.template.shape[-1]),
-            "replaced_pixels": inputs.replaced_pixels,
-        },
+        metadata=_metadata(config, space, stats, inputs, elapsed, _describe(executor)),
     )
 
 
@@ -525,34 +529,24 @@ def _metadata(
     config: MatchConfig,
     space: SearchSpace,
     stats: SearchStatistics,
+    inputs: MatchInputs,
     elapsed: float,
     devices: list[str],
-) -> dict[str, Any]:
-    return {
-        "program": "match",
-        "config": config.model_dump(mode="json"),
-        "config_yaml": dump_yaml(config),
-        "search_space": space.summary(),
-        # one correlation per pixel of each of the count correlation maps
-        "correlations_per_pixel": stats.count,
-        "total_correlations": stats.count * math.prod(stats.shape),
-        "image_shape": list(stats.shape),
-        "run_time_s": elapsed,
-        "correlations_per_second": stats.count / max(elapsed, 1e-9),
-        "devices": devices,
-        "versions": _versions(),
-    }
+) -> MatchMetadata:
+    return MatchMetadata(
+        config=config.model_dump(mode="json"),
+        search_space=SearchSpaceSummary(**space.summary()),
+        image_shape=(int(stats.shape[0]), int(stats.shape[1])),
+        run=RunRecord(elapsed, tuple(devices), _versions()),
+        config_yaml=dump_yaml(config),
+        template_size=int(inputs.template.shape[-1]),
+        replaced_pixels=int(inputs.replaced_pixels),
+    )
 
 
 def check_output_directory(directory: str | Path, overwrite: bool) -> Path:
     """Refuse to overwrite an existing result unless allowed, or an unwritable place."""
-    out = check_output_writable(directory)
-    if (out / "result.json").exists() and not overwrite:
-        raise OutputExistsError(
-            f"{out}: holds a result already; pass --overwrite (or output.overwrite: "
-            "true) or choose another --output directory."
-        )
-    return out
+    return claim_output(directory, "result.json", overwrite)
 
 
 def run_match(

@@ -1,19 +1,26 @@
 """Peak picking: detection threshold, non-maximum suppression, significance.
 
-Noise model: with no particle, every z-score (scaled MIP) trial is a standard
-normal draw. With ``N`` independent trials in a micrograph (pixels x correlations
-per pixel) the threshold expected to be crossed ``F`` times by noise alone is
-``sqrt(2) * erfcinv(2 F / N)``. A peak's p-value is the probability that noise
-alone gives a maximum at least that high anywhere in the micrograph,
-``p = 1 - (1 - sf(z))**N`` (family-wise over all ``N`` trials).
+Noise model (Rickgauer et al. 2017, eLife 6:e25648): with no particle, every
+z-score (scaled MIP) trial is a standard normal draw. With ``N`` independent trials
+in a micrograph (pixels x correlations per pixel) the threshold expected to be
+crossed ``F`` times by noise alone is ``sqrt(2) * erfcinv(2 F / N)``. A peak's
+p-value is the probability that noise alone gives a maximum at least that high
+anywhere in the micrograph, ``p = 1 - (1 - sf(z))**N`` (family-wise over all
+``N`` trials).
+
+``pick_and_write`` writes the particle tables and ``peaks.json``, the
+``PeakRecord`` of the settings the picks were made with (the threshold among
+them), which the report reads back.
 """
 
 from __future__ import annotations
 
+import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import mrcfile
 import numpy as np
@@ -22,8 +29,25 @@ from scipy import ndimage, special
 
 from twodtm.ctf import Optics
 from twodtm.errors import ConfigError, InputFileError
+from twodtm.io.atomic import write_text_atomic
 from twodtm.io.results import MatchResult
 from twodtm.io.tables import write_coordinates, write_particles
+
+__all__ = [
+    "PEAKS_RECORD",
+    "PEAK_COLUMNS",
+    "PeakRecord",
+    "PeakSettings",
+    "family_pvalue",
+    "find_peaks",
+    "number_of_trials",
+    "pick_and_write",
+    "pick_peaks",
+    "read_peak_record",
+    "suppress_non_maxima",
+    "threshold_for_false_positives",
+    "write_picks",
+]
 
 PEAK_COLUMNS = (
     "x",
@@ -45,6 +69,8 @@ PEAK_COLUMNS = (
     "pvalue",
     "n_trials",
 )
+PEAKS_RECORD = "peaks.json"
+"""File name of the ``PeakRecord`` written beside the particle tables."""
 
 
 @dataclass(frozen=True)
@@ -70,10 +96,97 @@ class PeakSettings:
     border: int | None = None
 
 
+@dataclass(frozen=True)
+class PeakRecord:
+    """The peak settings a pick was made with, resolved (``peaks.json``).
+
+    Attributes
+    ----------
+    settings : PeakSettings
+        The settings as asked for.
+    threshold : float
+        The z-score threshold applied: ``settings.zscore`` or the one of
+        ``settings.false_positives`` noise peaks among ``n_trials``.
+    n_trials : float
+        Trials of the search over the micrograph, correlations per pixel x
+        ``n_pixels``.
+    n_pixels : int
+        Pixels of the searched micrograph.
+    min_distance : float
+        Smallest distance between two peaks, pixels.
+    border : int
+        Edge margin, pixels.
+    template_size : int
+        Template box edge, pixels.
+    n_peaks : int
+        Peaks picked.
+    """
+
+    settings: PeakSettings
+    threshold: float
+    n_trials: float
+    n_pixels: int
+    min_distance: float
+    border: int
+    template_size: int
+    n_peaks: int
+
+    @property
+    def fixed_threshold(self) -> bool:
+        """Whether the threshold was a given z-score, not a false-positive rate."""
+        return self.settings.zscore is not None
+
+    def to_json(self) -> dict[str, Any]:
+        """Return the JSON object of ``peaks.json``."""
+        return {"program": "peaks", **asdict(self)}
+
+    @classmethod
+    def from_json(cls, doc: dict[str, Any], source: str = PEAKS_RECORD) -> PeakRecord:
+        """Read the record from the JSON object ``doc`` of ``peaks.json``.
+
+        Raises
+        ------
+        InputFileError
+            A field is missing or unreadable.
+        """
+        try:
+            settings = doc["settings"]
+            return cls(
+                settings=PeakSettings(
+                    false_positives=float(settings["false_positives"]),
+                    zscore=_optional(settings["zscore"], float),
+                    min_distance=_optional(settings["min_distance"], float),
+                    border=_optional(settings["border"], int),
+                ),
+                threshold=float(doc["threshold"]),
+                n_trials=float(doc["n_trials"]),
+                n_pixels=int(doc["n_pixels"]),
+                min_distance=float(doc["min_distance"]),
+                border=int(doc["border"]),
+                template_size=int(doc["template_size"]),
+                n_peaks=int(doc["n_peaks"]),
+            )
+        except KeyError as err:
+            raise InputFileError(
+                f"{source}: lacks {err}; run `twodtm peaks` again"
+            ) from None
+        except (TypeError, ValueError) as err:
+            raise InputFileError(
+                f"{source}: unreadable ({err}); run `twodtm peaks` again"
+            ) from None
+
+
+def _optional(value: Any, convert: type[float] | type[int]) -> Any:
+    return None if value is None else convert(value)
+
+
 def threshold_for_false_positives(
     n_trials: float, false_positives: float = 1.0
 ) -> float:
     """Z-score above which noise gives ``false_positives`` peaks among ``n_trials``.
+
+    The upper ``false_positives / n_trials`` quantile of the standard normal, the
+    detection threshold of Rickgauer et al. 2017 (eLife 6:e25648).
 
     Parameters
     ----------
@@ -86,6 +199,17 @@ def threshold_for_false_positives(
     -------
     float
         ``sqrt(2) * erfcinv(2 * false_positives / n_trials)``.
+
+    Examples
+    --------
+    One noise peak among 1e10 trials (a 4k micrograph, ~600 orientations):
+
+    >>> round(threshold_for_false_positives(1e10), 4)
+    6.3613
+    >>> from scipy.stats import norm
+    >>> z = threshold_for_false_positives(1e6, 5.0)
+    >>> bool(abs(z - norm.isf(5.0 / 1e6)) < 1e-9)
+    True
     """
     if n_trials <= 0:
         raise ConfigError(f"n_trials must be > 0, got {n_trials}")
@@ -98,7 +222,21 @@ def threshold_for_false_positives(
 
 
 def family_pvalue(zscores: np.ndarray, n_trials: float) -> np.ndarray:
-    """``1 - (1 - sf(z))**N``: chance that noise reaches ``z`` in any of N trials."""
+    """``1 - (1 - sf(z))**N``: chance that noise reaches ``z`` in any of N trials.
+
+    Computed as ``-expm1(N * log1p(-sf(z)))``, accurate where ``sf(z) * N`` is tiny
+    and the direct formula rounds to 0 (Rickgauer et al. 2017's family-wise
+    p-value of a detection).
+
+    Examples
+    --------
+    >>> from scipy.stats import norm
+    >>> p = family_pvalue(np.array([2.0]), 50.0)
+    >>> bool(abs(p[0] - (1 - norm.cdf(2.0) ** 50)) < 1e-12)
+    True
+    >>> float(family_pvalue(np.array([9.0]), 1e10)[0] / (1e10 * norm.sf(9.0)))
+    1.0
+    """
     sf = special.ndtr(-np.asarray(zscores, dtype=np.float64))
     return -np.expm1(n_trials * np.log1p(-sf))
 
@@ -135,42 +273,23 @@ def suppress_non_maxima(
     return np.asarray(kept, dtype=np.int64).reshape(-1, 2)
 
 
-def number_of_trials(result: MatchResult) -> float | None:
-    """Pixels x correlations per pixel of a result (None if not recorded)."""
-    meta = result.metadata
-    per_pixel = meta.get("search_space", {}).get("correlations_per_pixel")
-    if per_pixel is None:
-        per_pixel = meta.get("correlations_per_pixel")
-    if per_pixel is None:
-        return None
-    return float(per_pixel) * float(result.zscore.size)
-
-
-def _astigmatism(result: MatchResult) -> tuple[float, float]:
-    """Half the defocus_u - defocus_v difference and the angle, from the config."""
-    optics = result.metadata.get("config", {}).get("optics", {})
-    half = 0.5 * (
-        float(optics.get("defocus_u", 0.0)) - float(optics.get("defocus_v", 0.0))
-    )
-    return half, float(optics.get("astigmatism_angle", 0.0))
+def number_of_trials(result: MatchResult) -> float:
+    """Pixels x correlations per pixel of a result: the family-wise trials."""
+    return float(result.metadata.correlations_per_pixel) * float(result.zscore.size)
 
 
 def _threshold(result: MatchResult, settings: PeakSettings) -> float:
     if settings.zscore is not None:
         return float(settings.zscore)
-    n_trials = number_of_trials(result)
-    if n_trials is None:
-        raise InputFileError(
-            "the result does not record its search-space size, so the false-positive "
-            "threshold is unknown; give a fixed --zscore"
-        )
-    return threshold_for_false_positives(n_trials, settings.false_positives)
+    return threshold_for_false_positives(
+        number_of_trials(result), settings.false_positives
+    )
 
 
-def find_peaks(
+def pick_peaks(
     result: MatchResult, settings: PeakSettings, template_size: int
-) -> pd.DataFrame:
-    """Particles found in a search result.
+) -> tuple[pd.DataFrame, PeakRecord]:
+    """Particles found in a search result, and the record of how they were picked.
 
     Parameters
     ----------
@@ -188,21 +307,47 @@ def find_peaks(
         ``PEAK_COLUMNS`` (positions in pixels and Angstrom, angles in degrees,
         defocus in Angstrom, ``pvalue`` family-wise, see the module doc, and
         ``n_trials``, the search's number of trials behind it, so that refine can
-        recompute the p-value of a refined z-score; NaN when not recorded).
+        recompute the p-value of a refined z-score).
+    PeakRecord
+        The threshold, distance and border applied.
     """
     distance = (
         template_size / 2 if settings.min_distance is None else settings.min_distance
     )
     border = template_size // 2 if settings.border is None else settings.border
-    peaks = suppress_non_maxima(
-        result.zscore, _threshold(result, settings), distance, border
+    threshold = _threshold(result, settings)
+    peaks = suppress_non_maxima(result.zscore, threshold, distance, border)
+    n_trials = number_of_trials(result)
+    record = PeakRecord(
+        settings=settings,
+        threshold=threshold,
+        n_trials=n_trials,
+        n_pixels=int(result.zscore.size),
+        min_distance=float(distance),
+        border=int(border),
+        template_size=int(template_size),
+        n_peaks=len(peaks),
     )
+    return _peak_table(result, peaks, n_trials), record
+
+
+def find_peaks(
+    result: MatchResult, settings: PeakSettings, template_size: int
+) -> pd.DataFrame:
+    """Particles found in a search result (the table of ``pick_peaks``)."""
+    return pick_peaks(result, settings, template_size)[0]
+
+
+def _peak_table(
+    result: MatchResult, peaks: np.ndarray, n_trials: float
+) -> pd.DataFrame:
+    """Tabulate the ``(n, 2)`` ``(row, column)`` peaks in ``PEAK_COLUMNS``."""
     rows, cols = peaks[:, 0], peaks[:, 1]
     values = {
         name: result.maps[name][rows, cols].astype(np.float64) for name in result.maps
     }
-    half, angle = _astigmatism(result)
-    n_trials = number_of_trials(result)
+    optics = result.metadata.optics
+    half = 0.5 * (optics.defocus_u - optics.defocus_v)
     pixel = values["pixel_size"]
     table = {
         "x": cols.astype(np.float64),
@@ -212,24 +357,19 @@ def find_peaks(
         **{k: values[k] for k in ("zscore", "mip", "phi", "theta", "psi")},
         "defocus_u": values["defocus"] + half,
         "defocus_v": values["defocus"] - half,
-        "defocus_angle": np.full(len(rows), angle),
+        "defocus_angle": np.full(len(rows), optics.astigmatism_angle),
         **{k: values[k] for k in ("defocus", "pixel_size", "mean", "std")},
-        "pvalue": (
-            family_pvalue(values["zscore"], n_trials)
-            if n_trials is not None
-            else np.full(len(rows), np.nan)
-        ),
-        "n_trials": np.full(len(rows), np.nan if n_trials is None else n_trials),
+        "pvalue": family_pvalue(values["zscore"], n_trials),
+        "n_trials": np.full(len(rows), n_trials),
     }
     return pd.DataFrame(table, columns=list(PEAK_COLUMNS))
 
 
 def _template_size(result: MatchResult, directory: Path) -> int:
-    size = result.metadata.get("template_size")
-    if size is not None:
-        return int(size)
-    template = result.metadata.get("config", {}).get("template")
-    if template is not None and Path(template).is_file():
+    if result.metadata.template_size is not None:
+        return result.metadata.template_size
+    template = result.metadata.template
+    if Path(template).is_file():
         with mrcfile.open(template, mode="r", header_only=True, permissive=True) as mrc:
             return int(mrc.header.nx)
     raise InputFileError(
@@ -238,25 +378,40 @@ def _template_size(result: MatchResult, directory: Path) -> int:
     )
 
 
-def _optics(result: MatchResult) -> Optics:
-    """Micrograph optics recorded in result.json (defaults where absent)."""
-    o = result.metadata.get("config", {}).get("optics", {})
-    defaults = Optics(pixel_size=result.pixel_size)
-    return Optics(
-        pixel_size=float(o.get("pixel_size", result.pixel_size)),
-        voltage=float(o.get("voltage", defaults.voltage)),
-        spherical_aberration=float(
-            o.get("spherical_aberration", defaults.spherical_aberration)
-        ),
-        amplitude_contrast=float(
-            o.get("amplitude_contrast", defaults.amplitude_contrast)
-        ),
-        defocus_u=float(o.get("defocus_u", defaults.defocus_u)),
-        defocus_v=float(o.get("defocus_v", defaults.defocus_v)),
-        astigmatism_angle=float(o.get("astigmatism_angle", 0.0)),
-        phase_shift=float(o.get("phase_shift", 0.0)),
-        b_factor=float(o.get("ctf_b_factor", 0.0)),
-    )
+def write_picks(
+    directory: Path,
+    peaks: pd.DataFrame,
+    record: PeakRecord,
+    micrograph: str,
+    optics: Optics,
+) -> None:
+    """Write the particle tables of ``peaks`` and their ``PeakRecord`` (atomically).
+
+    ``particles.star``, ``particles.csv``, RELION's coordinate files (see
+    ``io.tables.write_coordinates``) and ``peaks.json``, named ``micrograph``.
+    """
+    write_particles(peaks, directory, micrograph, optics)
+    write_coordinates(peaks, directory, micrograph)
+    text = json.dumps(record.to_json(), indent=2)
+    write_text_atomic(directory / PEAKS_RECORD, text)
+
+
+def read_peak_record(directory: str | os.PathLike[str]) -> PeakRecord | None:
+    """Read the ``PeakRecord`` saved in a result directory (None if there is none).
+
+    Raises
+    ------
+    InputFileError
+        ``peaks.json`` exists but cannot be read.
+    """
+    path = Path(directory) / PEAKS_RECORD
+    if not path.is_file():
+        return None
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise InputFileError(f"{path}: unreadable ({err})") from None
+    return PeakRecord.from_json(doc, str(path))
 
 
 def pick_and_write(
@@ -267,9 +422,10 @@ def pick_and_write(
 ) -> pd.DataFrame:
     """Find peaks in a result directory and write the particle tables into it.
 
-    Writes ``particles.star`` and ``particles.csv`` (the full table) and what
+    Writes ``particles.star`` and ``particles.csv`` (the full table), what
     RELION's extraction reads: ``<micrograph stem>_twodtm.star`` and
-    ``coordinates.star`` (see ``io.tables.write_coordinates``). The template size
+    ``coordinates.star`` (see ``io.tables.write_coordinates``), and
+    ``peaks.json``, the settings used (``PeakRecord``). The template size
     (unless given) and optics come from ``result.json``; the number of trials from
     its search-space size times the number of pixels.
 
@@ -293,10 +449,7 @@ def pick_and_write(
     directory = Path(result_dir)
     result = MatchResult.load(directory)
     size = _template_size(result, directory) if template_size is None else template_size
-    peaks = find_peaks(result, settings, size)
-    micrograph = micrograph_name or str(
-        result.metadata.get("config", {}).get("micrograph", "micrograph.mrc")
-    )
-    write_particles(peaks, directory, micrograph, _optics(result))
-    write_coordinates(peaks, directory, micrograph)
+    peaks, record = pick_peaks(result, settings, size)
+    micrograph = micrograph_name or result.metadata.micrograph
+    write_picks(directory, peaks, record, micrograph, result.metadata.optics)
     return peaks

@@ -1,4 +1,4 @@
-"""Checkpoints of a running search: merged statistics and the chunks already done.
+"""Checkpoints of the global search: merged statistics and the chunks already done.
 
 File layout: a magic line, a line ``<sha256 hex> <payload length>``, then the
 payload (``torch.save`` of plain tensors, ints and strings, read back with
@@ -24,7 +24,15 @@ from twodtm.io.atomic import atomic_path
 from twodtm.search.space import Chunk
 from twodtm.search.statistics import SearchStatistics
 
-MAGIC = b"TWODTM-CHECKPOINT 1\n"
+__all__ = [
+    "Checkpoint",
+    "fingerprint",
+    "load_checkpoint",
+    "require_same_search",
+    "save_checkpoint",
+]
+
+_MAGIC = b"TWODTM-CHECKPOINT 1\n"
 _FIX = "delete it or pass --restart to start the search again"
 
 
@@ -59,7 +67,18 @@ class Checkpoint:
 
 
 def fingerprint(settings: dict[str, Any]) -> str:
-    """SHA-256 of the canonical JSON of ``settings`` (key order does not matter)."""
+    """SHA-256 of the canonical JSON of ``settings`` (key order does not matter).
+
+    Examples
+    --------
+    >>> fingerprint({"a": 1, "b": [2, 3]}) == fingerprint({"b": [2, 3], "a": 1})
+    True
+    >>> fingerprint({"a": 1}) == fingerprint({"a": 2})
+    False
+    >>> import hashlib
+    >>> fingerprint({"a": 1}) == hashlib.sha256(b'{"a":1}').hexdigest()
+    True
+    """
     text = json.dumps(settings, sort_keys=True, separators=(",", ":"), default=str)
     return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
@@ -90,7 +109,7 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
     """
     payload = _encode(checkpoint)
     digest = hashlib.sha256(payload).hexdigest()
-    header = MAGIC + f"{digest} {len(payload)}\n".encode("ascii")
+    header = _MAGIC + f"{digest} {len(payload)}\n".encode("ascii")
     with atomic_path(path) as tmp, tmp.open("wb") as handle:
         handle.write(header + payload)
         handle.flush()
@@ -98,10 +117,10 @@ def save_checkpoint(path: str | os.PathLike[str], checkpoint: Checkpoint) -> Non
 
 
 def _split(raw: bytes, file: Path) -> bytes:
-    if not raw.startswith(MAGIC):
+    if not raw.startswith(_MAGIC):
         raise CheckpointError(f"{file}: not a twodtm checkpoint (bad header); {_FIX}.")
-    line_end = raw.find(b"\n", len(MAGIC))
-    fields = raw[len(MAGIC) : line_end].split() if line_end > 0 else []
+    line_end = raw.find(b"\n", len(_MAGIC))
+    fields = raw[len(_MAGIC) : line_end].split() if line_end > 0 else []
     if len(fields) != 2 or not fields[1].isdigit():
         raise CheckpointError(f"{file}: checkpoint header is damaged; {_FIX}.")
     payload = raw[line_end + 1 :]
@@ -161,13 +180,13 @@ def load_checkpoint(path: str | os.PathLike[str]) -> Checkpoint:
     return checkpoint
 
 
-def changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+def _changed_settings(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Dotted names of the settings that differ between ``old`` and ``new``."""
     names = []
     for key in sorted(set(old) | set(new)):
         a, b = old.get(key), new.get(key)
         if isinstance(a, dict) and isinstance(b, dict):
-            names += [f"{key}.{name}" for name in changed_settings(a, b)]
+            names += [f"{key}.{name}" for name in _changed_settings(a, b)]
         elif a != b:
             names.append(key)
     return names
@@ -185,7 +204,7 @@ def require_same_search(
     """
     if checkpoint.fingerprint == fingerprint(settings):
         return
-    changed = ", ".join(changed_settings(checkpoint.settings, settings)) or "inputs"
+    changed = ", ".join(_changed_settings(checkpoint.settings, settings)) or "inputs"
     raise CheckpointError(
         f"{path}: this checkpoint belongs to a different search (changed: {changed}); "
         "restore the previous configuration to resume, or pass --restart to discard "

@@ -34,10 +34,26 @@ from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_wo
 from twodtm._hostmemory import retain_freed_memory
 from twodtm.errors import SearchFailedError
 from twodtm.orientations import euler_to_matrix
-from twodtm.search.engine import SearchInputs, search_orientations
+from twodtm.search.engine import search_orientations
 from twodtm.search.fallback import BatchFallback
+from twodtm.search.inputs import SearchInputs
 from twodtm.search.space import Chunk
 from twodtm.search.statistics import SearchStatistics
+
+__all__ = [
+    "ChunkCallback",
+    "DaskExecutor",
+    "Executor",
+    "InProcessExecutor",
+    "LocalExecutor",
+    "ProgressCallback",
+    "SearchTask",
+    "TaskFactory",
+    "make_executor",
+    "merge_all",
+    "run_chunk",
+    "worker_device",
+]
 
 ProgressCallback = Callable[[int], None]
 ChunkCallback = Callable[[Chunk, SearchStatistics], None]

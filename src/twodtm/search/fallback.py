@@ -18,6 +18,13 @@ import torch
 
 from twodtm.errors import BatchSizeWarning, DeviceError
 
+__all__ = [
+    "BatchFallback",
+    "BatchedTask",
+    "is_out_of_memory",
+    "release_cached_memory",
+]
+
 ResultT = TypeVar("ResultT")
 ChunkT = TypeVar("ChunkT")
 TaskT = TypeVar("TaskT", bound="BatchedTask")

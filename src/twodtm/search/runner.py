@@ -29,6 +29,13 @@ from twodtm.search.executors import Executor, SearchTask, TaskFactory
 from twodtm.search.space import Chunk
 from twodtm.search.statistics import SearchStatistics
 
+__all__ = [
+    "CheckpointPolicy",
+    "remove_checkpoint",
+    "run_search",
+    "start_state",
+]
+
 logger = logging.getLogger("twodtm.search")
 
 

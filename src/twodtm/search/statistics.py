@@ -13,6 +13,10 @@ sums are bit-identical to the eager path's because every term is an integer-valu
 float64 (exact in any order), and its maximum keeps the first index on ties, as
 ``max(dim=0)`` does. Maps carry explicit flat indices, so paired maps (two per
 complex transform, ``PairedStatistics``) obey the same rules.
+
+``keep_max`` is that rule, written once: the running maximum of the global search,
+the merge of two searches, the fold of paired maps and the local search's windows
+all go through it.
 """
 
 from __future__ import annotations
@@ -23,9 +27,64 @@ from functools import cache
 
 import torch
 
+__all__ = [
+    "QUANTUM_SCALE",
+    "PairedStatistics",
+    "SearchStatistics",
+    "accumulate",
+    "accumulate_pairs",
+    "fused_accumulate",
+    "fused_accumulate_pairs",
+    "keep_max",
+]
+
 QUANTUM_SCALE = 4096.0
 
 _Accumulate = Callable[..., None]
+
+
+def keep_max(
+    values: torch.Tensor,
+    index: torch.Tensor,
+    new_values: torch.Tensor,
+    new_index: torch.Tensor,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Elementwise maximum of two (value, index) maps: the lower index on ties.
+
+    The one tie rule of every search: whichever order partial results come in,
+    the lowest flat index among equal values is kept, so chunking, devices and
+    merges cannot change the winning index. Comparisons with NaN are false, so a
+    NaN is neither taken nor replaced.
+    Pure (returns new tensors) and compiles under ``torch.compile(fullgraph=True)``.
+
+    Parameters
+    ----------
+    values, index : torch.Tensor
+        Running maximum and its flat index (int64), broadcastable with the new pair.
+    new_values, new_index : torch.Tensor
+        Candidate values and their indices.
+
+    Returns
+    -------
+    tuple of torch.Tensor
+        The kept values and indices.
+
+    Examples
+    --------
+    >>> import torch
+    >>> values, index = keep_max(
+    ...     torch.tensor([1.0, 2.0, 3.0]),
+    ...     torch.tensor([5, 5, 5]),
+    ...     torch.tensor([2.0, 2.0, 2.0]),
+    ...     torch.tensor([9, 1, 0]),
+    ... )
+    >>> values.tolist(), index.tolist()  # larger wins; a tie keeps the lower index
+    ([2.0, 2.0, 3.0], [9, 1, 5])
+    """
+    better = (new_values > values) | ((new_values == values) & (new_index < index))
+    return torch.where(better, new_values, values), torch.where(
+        better, new_index, index
+    )
 
 
 def accumulate(
@@ -61,7 +120,7 @@ def accumulate(
     maps = correlations.to(torch.float32) / divisors[:, None, None]
     _add_quantised(sums, sums_sq, maps)
     values, rows = maps.max(dim=0)  # first maximum on ties: the lowest index
-    _keep_running_max(mip, best_index, values, indices[rows])
+    _write_max(mip, best_index, values, indices[rows])
 
 
 def accumulate_pairs(
@@ -111,14 +170,10 @@ def accumulate_pairs(
         sums.add_(q_single.sum(0))
         sums_sq.add_((q_single * q_single).sum(0))
         single_values, single_rows = single.max(dim=0)
-        single_best = extra[2][single_rows]
-        wins = even & (
-            (single_values > values)
-            | ((single_values == values) & (single_best < best))
-        )
-        values = torch.where(wins, single_values, values)
-        best = torch.where(wins, single_best, best)
-    _keep_running_max(mip, best_index, values, best)
+        kept, kept_index = keep_max(values, best, single_values, extra[2][single_rows])
+        values = torch.where(even, kept, values)
+        best = torch.where(even, kept_index, best)
+    _write_max(mip, best_index, values, best)
 
 
 def _map_indices(
@@ -139,16 +194,16 @@ def _add_quantised(
     sums_sq.add_((q * q).sum(0))
 
 
-def _keep_running_max(
+def _write_max(
     mip: torch.Tensor,
     best_index: torch.Tensor,
     values: torch.Tensor,
     indices: torch.Tensor,
 ) -> None:
-    """Write the larger of (mip, values) in place; the lower index on ties."""
-    better = (values > mip) | ((values == mip) & (indices < best_index))
-    mip.copy_(torch.where(better, values, mip))
-    best_index.copy_(torch.where(better, indices, best_index))
+    """Write ``keep_max`` of the running maps and ``values`` into them, in place."""
+    kept, kept_index = keep_max(mip, best_index, values, indices)
+    mip.copy_(kept)
+    best_index.copy_(kept_index)
 
 
 @cache
@@ -254,8 +309,11 @@ class SearchStatistics:
             sum_sq=self.sum_sq + other.sum_sq.to(self.sum.device),
             count=self.count + other.count,
         )
-        _keep_max(
-            merged, other.mip.to(self.mip.device), other.best_index.to(self.mip.device)
+        merged.mip, merged.best_index = keep_max(
+            merged.mip,
+            merged.best_index,
+            other.mip.to(self.mip.device),
+            other.best_index.to(self.mip.device),
         )
         return merged
 
@@ -298,16 +356,6 @@ class SearchStatistics:
         mean, std = self.mean_std()
         safe = torch.where(std > 0, std, torch.ones_like(std))
         return torch.where(std > 0, (self.mip - mean) / safe, torch.zeros_like(std))
-
-
-def _keep_max(
-    stats: SearchStatistics, values: torch.Tensor, indices: torch.Tensor
-) -> None:
-    better = (values > stats.mip) | (
-        (values == stats.mip) & (indices < stats.best_index)
-    )
-    stats.mip = torch.where(better, values, stats.mip)
-    stats.best_index = torch.where(better, indices, stats.best_index)
 
 
 @dataclass
@@ -388,13 +436,11 @@ class PairedStatistics:
         mine = self.interleaved
         mip = mine.mip.view(h, w, 2)
         index = mine.best_index.view(h, w, 2)
-        wins = (mip[..., 1] > mip[..., 0]) | (
-            (mip[..., 1] == mip[..., 0]) & (index[..., 1] < index[..., 0])
+        both, both_index = keep_max(
+            mip[..., 0], index[..., 0], mip[..., 1], index[..., 1]
         )
-        _keep_max(
-            stats,
-            torch.where(wins, mip[..., 1], mip[..., 0]),
-            torch.where(wins, index[..., 1], index[..., 0]),
+        stats.mip, stats.best_index = keep_max(
+            stats.mip, stats.best_index, both, both_index
         )
         stats.sum.add_(mine.sum.view(h, w, 2).sum(-1))
         stats.sum_sq.add_(mine.sum_sq.view(h, w, 2).sum(-1))

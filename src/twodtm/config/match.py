@@ -1,25 +1,18 @@
-"""Pydantic models of every program's YAML, validated once at the edge.
+"""The configuration of ``twodtm match``: optics, search ranges, preprocessing, compute.
 
-Models reject unknown keys and do no file I/O; the core receives plain values.
+The optics, range, preprocessing and output sections are shared with the particle
+programs (``twodtm.config.particles``).
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Literal
 
-import yaml
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    ValidationError,
-    field_validator,
-    model_validator,
-)
-from typing_extensions import Self
+from pydantic import Field, field_validator, model_validator
 
+from twodtm.config._base import _Strict, load_yaml, parse_config
 from twodtm.ctf import Optics
 from twodtm.errors import ConfigError
 from twodtm.orientations import parse_symmetry
@@ -31,10 +24,6 @@ MAX_PIXEL_SIZE = 50.0
 MAX_RANGE_VALUES = 10_000
 MAX_ORIENTATIONS = 100_000_000
 _SPHERE_DEG2 = 41_252.96  # area of the unit sphere in square degrees
-
-
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class OpticsConfig(_Strict):
@@ -118,7 +107,15 @@ class RangeSearch(_Strict):
         return self
 
     def offsets(self) -> list[float]:
-        """Return the offsets searched ([0.0] when disabled)."""
+        """Return the offsets searched ([0.0] when disabled).
+
+        Examples
+        --------
+        >>> RangeSearch(min=-1.0, max=0.5, step=0.5).offsets()
+        [-1.0, -0.5, 0.0, 0.5]
+        >>> RangeSearch(enabled=False, min=-1.0, max=1.0).offsets()
+        [0.0]
+        """
         if not self.enabled:
             return [0.0]
         count = int(round((self.max - self.min) / self.step)) + 1
@@ -374,337 +371,22 @@ class MatchConfig(_Strict):
         return self.model_copy(update=fields)
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
-    lines = [f"{source}: invalid configuration"]
-    for item in err.errors():
-        where = ".".join(str(p) for p in item["loc"]) or "(top level)"
-        message = item["msg"].removeprefix("Value error, ")
-        if item["type"] == "extra_forbidden":
-            message = "unknown key; check its spelling against `twodtm config example`"
-        lines.append(f"  {where}: {message}")
-    return "\n".join(lines)
-
-
-ModelT = TypeVar("ModelT", bound=BaseModel)
-
-
-def parse_config(model: type[ModelT], data: object, source: str = "config") -> ModelT:
-    """Validate ``data`` (already parsed YAML) against ``model``.
-
-    Raises
-    ------
-    ConfigError
-        Naming every invalid field and what is wrong with it.
-    """
-    if not isinstance(data, dict):
-        raise ConfigError(
-            f"{source}: expected a mapping of keys, found {type(data).__name__}"
-        )
-    try:
-        return model.model_validate(data)
-    except ValidationError as err:
-        raise ConfigError(_format_errors(err, source)) from None
-
-
-def load_yaml(path: str | os.PathLike[str]) -> object:
-    """Read a YAML file, turning I/O and syntax problems into ConfigError."""
-    file = Path(path)
-    try:
-        text = file.read_text(encoding="utf-8")
-    except OSError as err:
-        raise ConfigError(f"{file}: cannot read the config ({err.strerror})") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{file}: not UTF-8 text; pass the YAML config") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        raise ConfigError(f"{file}: not valid YAML: {err}") from None
-
-
 def load_match_config(path: str | os.PathLike[str]) -> MatchConfig:
     """Read and validate a ``twodtm match`` YAML; relative paths follow the file."""
     config = parse_config(MatchConfig, load_yaml(path), str(path))
     return config.with_paths_relative_to(Path(path).parent)
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
-    """Parse ``KEY=VALUE`` pairs (dotted keys allowed), each value read as YAML."""
-    found: dict[str, Any] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key.strip():
-            raise ConfigError(
-                f"--set {pair!r}: write KEY=VALUE, e.g. --set compute.workers=2"
-            )
-        found[key.strip()] = yaml.safe_load(value)
-    return found
-
-
-def with_overrides(config: ModelT, pairs: list[str]) -> ModelT:
-    """Return ``config`` with ``section.key=value`` overrides applied and validated."""
-    data = config.model_dump(mode="json")
-    for key, value in parse_overrides(pairs).items():
-        *sections, leaf = key.split(".")
-        node = data
-        for name in sections:
-            if not isinstance(node.get(name), dict):
-                raise ConfigError(f"--set {key}: {name!r} is not a config section")
-            node = node[name]
-        node[leaf] = value
-    return parse_config(type(config), data, "--set options")
-
-
-def dump_yaml(config: BaseModel) -> str:
-    """YAML text of a config that the loader accepts back."""
-    return yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
-
-
-# --- refine, optimize-template and constrained search (issue 7) ---------------------
-
-
-class LocalOrientationSearch(_Strict):
-    """Small rotations composed with each particle's orientation, degrees.
-
-    Tilts about the image x and y axes within ``out_of_plane_range`` and turns
-    about the beam within ``in_plane_range``: phi, theta and psi all vary.
-    """
-
-    out_of_plane_range: float = Field(3.0, ge=0, le=45, description="largest tilt, deg")
-    out_of_plane_step: float = Field(1.0, gt=0, le=45, description="tilt step, deg")
-    in_plane_range: float = Field(3.0, ge=0, le=180, description="largest turn, deg")
-    in_plane_step: float = Field(1.0, gt=0, le=90, description="in-plane step, deg")
-
-
-class LocalDefocusSearch(RangeSearch):
-    """Defocus offsets from each particle's own defocus, Angstrom."""
-
-    min: float = -300.0
-    max: float = 300.0
-    step: float = 100.0
-
-
-class LocalSearch(_Strict):
-    """A local search around each particle's pose."""
-
-    orientation: LocalOrientationSearch = Field(
-        default_factory=lambda: LocalOrientationSearch.model_validate({})
-    )
-    defocus: LocalDefocusSearch = Field(
-        default_factory=lambda: LocalDefocusSearch.model_validate({})
-    )
-    pixel_size: PixelSizeSearch = Field(
-        default_factory=lambda: PixelSizeSearch.model_validate({})
-    )
-    max_shift: float = Field(2.0, gt=0, le=64, description="largest move, pixels")
-    box_size: int | None = Field(
-        None, ge=16, description="box edge, pixels (None: template + CTF spread)"
-    )
-    iterations: int = Field(
-        2, ge=1, le=6, description="passes; each halves the ranges and steps"
-    )
-    particle_batch_size: int = Field(
-        32,
-        ge=1,
-        le=4096,
-        description="most particles searched together on the device (one box size)",
-    )
-
-
-def _resolved(base: str | os.PathLike[str], value: str) -> str:
-    path = Path(value)
-    return str(path if path.is_absolute() else Path(base) / path)
-
-
-class _ParticleProgram(_Strict):
-    """Fields shared by the programs that work on a table of particles."""
-
-    micrograph: str
-    template: str
-    particles: str = Field(description="STAR or CSV table of particles")
-    optics: OpticsConfig
-    preprocessing: Preprocessing = Field(
-        default_factory=lambda: Preprocessing.model_validate({})
-    )
-    compute: Compute = Field(default_factory=lambda: Compute.model_validate({}))
-
-    def with_paths_relative_to(self, base: str | os.PathLike[str]) -> Self:
-        """Return a copy whose relative input paths are resolved against ``base``."""
-        names = ("micrograph", "template", "particles")
-        return self.model_copy(
-            update={n: _resolved(base, getattr(self, n)) for n in names}
-        )
-
-
-class RefineConfig(_ParticleProgram):
-    """Configuration of ``twodtm refine`` (particles: a table from ``twodtm peaks``)."""
-
-    search: LocalSearch = Field(default_factory=lambda: LocalSearch.model_validate({}))
-    output: OutputConfig = Field(
-        default_factory=lambda: OutputConfig.model_validate(
-            {"directory": "twodtm-refined"}
-        )
-    )
-
-
-class PixelSizeSweepConfig(_Strict):
-    """Template pixel sizes tried, as fractions of the nominal pixel size."""
-
-    coarse_range: float = Field(0.05, gt=0, lt=0.5, description="+- fraction")
-    coarse_step: float = Field(0.01, gt=0, description="fraction")
-    fine_range: float = Field(
-        0.01, gt=0, lt=0.5, description="+- fraction around the best"
-    )
-    fine_step: float = Field(0.002, gt=0, description="fraction")
-
-
-# A light local refinement at each pixel size of the sweep.
-_SWEEP_SEARCH = {
-    "orientation": {"out_of_plane_range": 1.0, "in_plane_range": 1.0},
-    "defocus": {"enabled": False},
-    "max_shift": 1.0,
-    "iterations": 1,
-}
-
-
-class OptimizeConfig(_Strict):
-    """Configuration of ``twodtm optimize-template``.
-
-    Exactly one of ``template`` (a map, rescaled in Fourier space) and ``model``
-    (an atomic model, re-simulated with ttsim3d at each pixel size) is given.
-    """
-
-    micrograph: str
-    particles: str = Field(description="particles at known poses (refined table)")
-    template: str | None = None
-    model: str | None = None
-    box_size: int | None = Field(None, ge=16, description="model box, voxels")
-    nominal_pixel_size: float | None = Field(
-        None, gt=0, description="template pixel size to sweep around, A (None: header)"
-    )
-    optics: OpticsConfig
-    sweep: PixelSizeSweepConfig = Field(
-        default_factory=lambda: PixelSizeSweepConfig.model_validate({})
-    )
-    search: LocalSearch = Field(
-        default_factory=lambda: LocalSearch.model_validate(_SWEEP_SEARCH)
-    )
-    preprocessing: Preprocessing = Field(
-        default_factory=lambda: Preprocessing.model_validate({})
-    )
-    compute: Compute = Field(default_factory=lambda: Compute.model_validate({}))
-    output: OutputConfig = Field(
-        default_factory=lambda: OutputConfig.model_validate(
-            {"directory": "twodtm-optimized"}
-        )
-    )
-
-    @model_validator(mode="after")
-    def _one_template(self) -> OptimizeConfig:
-        if (self.template is None) == (self.model is None):
-            raise ValueError(
-                "give exactly one of template (an MRC map) and model (PDB/mmCIF)"
-            )
-        if self.model is not None and (
-            self.box_size is None or self.nominal_pixel_size is None
-        ):
-            raise ValueError(
-                "a model needs box_size and nominal_pixel_size to simulate maps"
-            )
-        return self
-
-    def with_paths_relative_to(self, base: str | os.PathLike[str]) -> OptimizeConfig:
-        """Return a copy whose relative input paths are resolved against ``base``."""
-        names = [
-            n
-            for n in ("micrograph", "particles", "template", "model")
-            if getattr(self, n)
-        ]
-        return self.model_copy(
-            update={n: _resolved(base, getattr(self, n)) for n in names}
-        )
-
-
-class RelativePose(_Strict):
-    """Where particle B sits relative to particle A, in A's map frame.
-
-    ``offset`` is the position of B's map centre in A's map (x, y, z, Angstrom, from
-    A's centre); ``orientation`` the ZYZ Euler angles (deg) of the rotation taking
-    B's map axes onto A's: a point r of B's map is at ``M r + offset`` in A's map.
-    """
-
-    offset: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    orientation: tuple[float, float, float] = (0.0, 0.0, 0.0)
-
-
-class ConstrainedSearch(LocalSearch):
-    """Tolerances of the constrained search around each predicted B pose."""
-
-    max_shift: float = Field(
-        4.0, gt=0, le=128, description="position tolerance, pixels"
-    )
-    iterations: int = Field(1, ge=1, le=6)
-    false_positives: float = Field(
-        1.0, gt=0, description="expected false detections over all A particles"
-    )
-
-
-class ConstrainedConfig(_ParticleProgram):
-    """Configuration of ``twodtm constrained`` (template: B's map; particles: A's)."""
-
-    relative_pose: RelativePose
-    search: ConstrainedSearch = Field(
-        default_factory=lambda: ConstrainedSearch.model_validate({})
-    )
-    output: OutputConfig = Field(
-        default_factory=lambda: OutputConfig.model_validate(
-            {"directory": "twodtm-constrained"}
-        )
-    )
-
-
-def load_program_config(model: type[ModelT], path: str | os.PathLike[str]) -> ModelT:
-    """Read and validate a refine/optimize/constrained YAML (paths follow the file)."""
-    config = parse_config(model, load_yaml(path), str(path))
-    resolve = getattr(config, "with_paths_relative_to", None)
-    return resolve(Path(path).parent) if resolve is not None else config
-
-
-class SimulateConfig(_Strict):
-    """Input of ``twodtm simulate`` (lengths in A unless stated, dose in e/A^2)."""
-
-    template: str = Field(description="atomic model (PDB/mmCIF) or cubic MRC map")
-    output: str = "twodtm-simulation"
-    optics: OpticsConfig
-    image_size: tuple[int, int] = Field((1024, 1024), description="(height, width), px")
-    n_particles: int | None = Field(None, ge=0)
-    density: float | None = Field(None, ge=0, description="particles per square um")
-    dose: float = Field(30.0, gt=0)
-    defocus_spread: float = Field(
-        100.0, ge=0, description="per-particle defocus std, A"
-    )
-    gaussian_noise: float = Field(0.0, ge=0, description="extra noise std, counts/px")
-    min_separation: float | None = Field(None, gt=0, description="px")
-    seed: int = 0
-    box_size: int | None = Field(None, ge=8, description="box of a model's map, px")
-    simulation_b_factor: float = Field(
-        0.0, ge=0, description="extra atom B of the model"
-    )
-    template_b_factor: float = Field(0.0, ge=0, description="extra B of template.mrc")
-    template_resolution: float | None = Field(None, gt=0, description="low-pass, A")
-
-    @model_validator(mode="after")
-    def _one_count(self) -> SimulateConfig:
-        if (self.n_particles is None) == (self.density is None):
-            raise ValueError("give exactly one of n_particles (--particles) or density")
-        if min(self.image_size) < 16:
-            raise ValueError(f"image_size {self.image_size} is too small (>= 16 px)")
-        return self
-
-    def particle_count(self) -> int:
-        """Return the particle count, given or from the density per um^2."""
-        if self.n_particles is not None:
-            return self.n_particles
-        area_um2 = (
-            self.image_size[0] * self.image_size[1] * self.optics.pixel_size**2 / 1e8
-        )
-        return int(round(float(self.density or 0.0) * area_um2))
+__all__ = [
+    "Compute",
+    "DefocusSearch",
+    "MatchConfig",
+    "ModelTemplate",
+    "OpticsConfig",
+    "OrientationSearch",
+    "OutputConfig",
+    "PixelSizeSearch",
+    "Preprocessing",
+    "RangeSearch",
+    "load_match_config",
+]

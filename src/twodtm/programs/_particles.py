@@ -1,0 +1,153 @@
+"""Inputs and outputs of the particle programs: refine, constrained and optimize.
+
+The three programs read a micrograph, a template and a particle table, and write
+into a result directory, under the one input/output policy of ``io.inputs``. What
+is theirs alone is done here: the micrograph is whitened once for all particles
+(``local.prepare_micrograph``), the template is Fourier-transformed at its own
+voxel size (the local search scales its slices to the micrograph), and the
+``search`` section becomes the local search's ``LocalSettings``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from twodtm.config import LocalSearch, OutputConfig, Preprocessing
+from twodtm.ctf import Optics
+from twodtm.io import inputs
+from twodtm.io.tables import read_particles
+from twodtm.local import (
+    LocalGrid,
+    LocalSettings,
+    Micrograph,
+    Template,
+    check_particle_table,
+    make_template,
+    prepare_micrograph,
+)
+from twodtm.model_template import ModelTemplateSettings
+from twodtm.preprocess import outlier_note
+
+__all__ = [
+    "all_or_nothing",
+    "local_settings_from",
+    "output_directory",
+    "read_micrograph",
+    "read_particle_table",
+    "read_template",
+]
+
+
+def local_settings_from(
+    fields: LocalSearch, orientations_per_chunk: int | str = "auto"
+) -> LocalSettings:
+    """Local-search settings from a ``search`` section.
+
+    ``orientations_per_chunk`` (from the ``compute`` section) is the orientations
+    per particle in one chunk; "auto" sizes chunks to the memory budget.
+    """
+    o = fields.orientation
+    return LocalSettings(
+        grid=LocalGrid(
+            o.out_of_plane_range, o.out_of_plane_step, o.in_plane_range, o.in_plane_step
+        ),
+        defocus_offsets=tuple(fields.defocus.offsets()),
+        pixel_size_offsets=tuple(fields.pixel_size.offsets()),
+        max_shift=fields.max_shift,
+        box_size=fields.box_size,
+        particle_batch_size=fields.particle_batch_size,
+        orientations_per_chunk=(
+            None if orientations_per_chunk == "auto" else int(orientations_per_chunk)
+        ),
+        iterations=fields.iterations,
+    )
+
+
+def read_micrograph(
+    path: str, optics: Optics, fields: Preprocessing, device: torch.device
+) -> Micrograph:
+    """Read and check a 2D micrograph (``io.inputs``) and whiten it on ``device``."""
+    data = inputs.read_micrograph(path).data
+    micrograph = prepare_micrograph(
+        torch.from_numpy(data).to(device),
+        optics,
+        fields.filter_settings(),
+        fields.pad_to_fft_friendly,
+    )
+    if micrograph.replaced_pixels:
+        # the particle programs' one channel to the log is a warning line
+        warnings.warn(
+            outlier_note(
+                Path(path).name,
+                micrograph.replaced_pixels,
+                data.size,
+                fields.outlier_sigma,
+            ),
+            stacklevel=2,
+        )
+    return micrograph
+
+
+def read_template(
+    path: str,
+    fields: Preprocessing,
+    device: torch.device,
+    pixel_size: float | None = None,
+    model: ModelTemplateSettings | None = None,
+) -> Template:
+    """Read and check a map (``io.inputs``) at its own voxel size, on ``device``.
+
+    The voxel size is ``pixel_size``, else the config's, else the header's; an
+    atomic model is simulated with ``model`` (``model_template.load_template``).
+    """
+    policy = inputs.template_policy(fields, pixel_size)
+    checked = inputs.read_template(path, policy, None, model)
+    volume = torch.from_numpy(checked.data).to(device)
+    return make_template(volume, checked.pixel_size, fields.template_padding)
+
+
+def read_particle_table(path: str) -> pd.DataFrame:
+    """Read a STAR/CSV particle table and check it holds poses."""
+    table = read_particles(path)
+    check_particle_table(table, path)
+    return table.drop(columns=["micrograph"], errors="ignore")
+
+
+def output_directory(
+    output: str | Path | None, config_output: OutputConfig, marker: str, overwrite: bool
+) -> Path:
+    """Return the result directory, refusing one that already holds ``marker``.
+
+    Raises
+    ------
+    OutputExistsError
+        ``marker`` exists there and neither ``overwrite`` nor the config allows it.
+    OutputWriteError
+        The place is a file or not writable.
+    """
+    directory = Path(output or config_output.directory)
+    return inputs.claim_output(directory, marker, overwrite or config_output.overwrite)
+
+
+@contextlib.contextmanager
+def all_or_nothing(directory: Path) -> Iterator[None]:
+    """Remove the files written in the block if it raises (Ctrl-C, disk full).
+
+    Each writer is atomic; this makes a group of them so: a file that is new, or
+    newer than before the block, is deleted when the block does not complete.
+    """
+    directory.mkdir(parents=True, exist_ok=True)
+    before = {p.name: p.stat().st_mtime_ns for p in directory.iterdir()}
+    try:
+        yield
+    except BaseException:
+        for path in directory.iterdir():
+            if path.is_file() and before.get(path.name) != path.stat().st_mtime_ns:
+                path.unlink(missing_ok=True)
+        raise

@@ -34,7 +34,7 @@ from twodtm.local.constrained import (
 )
 from twodtm.orientations import angular_distance, euler_to_matrix, orientation_grid
 from twodtm.preprocess import FilterSettings
-from twodtm.programs.peaks import threshold_for_false_positives
+from twodtm.significance import threshold_for_false_positives
 from twodtm.simulate import render_phase_image
 
 OPTICS = Optics(pixel_size=1.0, defocus_u=6000.0, defocus_v=6000.0)

@@ -19,7 +19,8 @@ from twodtm.programs.demo import (
     run_demo_verbose,
     run_trial,
 )
-from twodtm.programs.peaks import number_of_trials, threshold_for_false_positives
+from twodtm.programs.peaks import number_of_trials
+from twodtm.significance import threshold_for_false_positives
 from twodtm.simulate import SimulationParams, fourier_bin
 
 TINY = SimulationParams((128, 128), 1, dose=30.0, seed=5)

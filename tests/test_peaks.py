@@ -21,12 +21,11 @@ from twodtm.io.results import (
 from twodtm.io.tables import read_particles
 from twodtm.programs.peaks import (
     PeakSettings,
-    family_pvalue,
     find_peaks,
     pick_and_write,
     read_peak_record,
-    threshold_for_false_positives,
 )
+from twodtm.significance import family_pvalue, threshold_for_false_positives
 
 SHAPE = (200, 240)
 

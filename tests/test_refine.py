@@ -47,7 +47,6 @@ from twodtm.local import (
 from twodtm.local.boxes import resample_filter
 from twodtm.orientations import angular_distance, euler_to_matrix
 from twodtm.preprocess import FilterSettings, PreparedImage, prepare_image
-from twodtm.programs.peaks import family_pvalue
 from twodtm.programs.simulate import write_simulation
 from twodtm.search.engine import correlate, search_orientations
 from twodtm.search.inputs import build_search_inputs
@@ -55,6 +54,7 @@ from twodtm.search.norms import orientation_norms
 from twodtm.search.projection import padded_dft, project
 from twodtm.search.space import SearchSpace
 from twodtm.search.statistics import SearchStatistics
+from twodtm.significance import family_pvalue
 from twodtm.simulate import SimulationParams, simulate_micrograph
 
 OPTICS = Optics(pixel_size=1.0, defocus_u=6000.0, defocus_v=6000.0)

@@ -24,7 +24,7 @@ import math
 
 import torch
 
-from twodtm.ctf import Optics, frequency_grid
+from twodtm.ctf import Optics, electron_wavelength, frequency_grid
 from twodtm.preprocess import PreparedImage, fft_friendly_size
 
 __all__ = [
@@ -93,18 +93,6 @@ def resample_filter(
     return resampled.to(torch.float32)
 
 
-def _electron_wavelength(voltage: float) -> float:
-    """Relativistic electron wavelength in Angstrom at ``voltage`` kV (approximate).
-
-    The textbook form ``12.2643 / sqrt(V (1 + 0.97845e-6 V))``, 6 ppm above
-    ``ctf.electron_wavelength`` (CODATA constants). Kept for the box size alone:
-    switching would move the rounded-up CTF spread by one pixel, and with it the
-    box of some particles (0.2 % of defocus and pixel-size values).
-    """
-    volts = voltage * 1e3
-    return 12.2643 / math.sqrt(volts * (1.0 + 0.97845e-6 * volts))
-
-
 def default_box_size(template_size: int, optics: Optics, defocus: float) -> int:
     """Choose an FFT-friendly box holding the template and most of its CTF tails.
 
@@ -123,7 +111,7 @@ def default_box_size(template_size: int, optics: Optics, defocus: float) -> int:
         Largest defocus searched, Angstrom.
     """
     spread = (
-        _electron_wavelength(optics.voltage) * abs(defocus) / (2 * optics.pixel_size**2)
+        electron_wavelength(optics.voltage) * abs(defocus) / (2 * optics.pixel_size**2)
     )
     return fft_friendly_size(template_size + math.ceil(spread) + 8)
 

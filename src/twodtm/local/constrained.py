@@ -29,7 +29,7 @@ from twodtm.local.fit import LocalFit, LocalSettings, Micrograph, Pose, fit_part
 from twodtm.local.grid import small_rotations
 from twodtm.local.refine import start_pose
 from twodtm.orientations import angular_distance, euler_to_matrix, matrix_to_euler
-from twodtm.programs.peaks import threshold_for_false_positives
+from twodtm.significance import threshold_for_false_positives
 
 __all__ = [
     "Placement",

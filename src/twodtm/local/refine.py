@@ -18,7 +18,7 @@ from twodtm.local.batch import Template
 from twodtm.local.boxes import renormalised_zscore
 from twodtm.local.fit import LocalFit, LocalSettings, Micrograph, Pose, fit_particles
 from twodtm.orientations import angular_distance, euler_to_matrix
-from twodtm.programs.peaks import family_pvalue
+from twodtm.significance import family_pvalue
 
 __all__ = ["check_particle_table", "refine_particles", "start_pose"]
 

@@ -16,7 +16,6 @@ them), which the report reads back.
 from __future__ import annotations
 
 import json
-import math
 import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -25,27 +24,26 @@ from typing import Any
 import mrcfile
 import numpy as np
 import pandas as pd
-from scipy import ndimage, special
+from scipy import ndimage
 
 from twodtm.ctf import Optics
-from twodtm.errors import ConfigError, InputFileError
+from twodtm.errors import InputFileError
 from twodtm.io.atomic import write_text_atomic
 from twodtm.io.results import MatchResult
 from twodtm.io.tables import write_coordinates, write_particles
+from twodtm.significance import family_pvalue, threshold_for_false_positives
 
 __all__ = [
     "PEAKS_RECORD",
     "PEAK_COLUMNS",
     "PeakRecord",
     "PeakSettings",
-    "family_pvalue",
     "find_peaks",
     "number_of_trials",
     "pick_and_write",
     "pick_peaks",
     "read_peak_record",
     "suppress_non_maxima",
-    "threshold_for_false_positives",
     "write_picks",
 ]
 
@@ -178,67 +176,6 @@ class PeakRecord:
 
 def _optional(value: Any, convert: type[float] | type[int]) -> Any:
     return None if value is None else convert(value)
-
-
-def threshold_for_false_positives(
-    n_trials: float, false_positives: float = 1.0
-) -> float:
-    """Z-score above which noise gives ``false_positives`` peaks among ``n_trials``.
-
-    The upper ``false_positives / n_trials`` quantile of the standard normal, the
-    detection threshold of Rickgauer et al. 2017 (eLife 6:e25648).
-
-    Parameters
-    ----------
-    n_trials : float
-        Independent trials, pixels x correlations per pixel.
-    false_positives : float
-        Expected number of false detections per micrograph.
-
-    Returns
-    -------
-    float
-        ``sqrt(2) * erfcinv(2 * false_positives / n_trials)``.
-
-    Examples
-    --------
-    One noise peak among 1e10 trials (a 4k micrograph, ~600 orientations):
-
-    >>> round(threshold_for_false_positives(1e10), 4)
-    6.3613
-    >>> from scipy.stats import norm
-    >>> z = threshold_for_false_positives(1e6, 5.0)
-    >>> bool(abs(z - norm.isf(5.0 / 1e6)) < 1e-9)
-    True
-    """
-    if n_trials <= 0:
-        raise ConfigError(f"n_trials must be > 0, got {n_trials}")
-    if not 0 < false_positives < n_trials / 2:
-        raise ConfigError(
-            f"false_positives must lie in (0, n_trials / 2) = (0, {n_trials / 2:g}), "
-            f"got {false_positives}; use e.g. 1 per micrograph"
-        )
-    return math.sqrt(2.0) * float(special.erfcinv(2.0 * false_positives / n_trials))
-
-
-def family_pvalue(zscores: np.ndarray, n_trials: float) -> np.ndarray:
-    """``1 - (1 - sf(z))**N``: chance that noise reaches ``z`` in any of N trials.
-
-    Computed as ``-expm1(N * log1p(-sf(z)))``, accurate where ``sf(z) * N`` is tiny
-    and the direct formula rounds to 0 (Rickgauer et al. 2017's family-wise
-    p-value of a detection).
-
-    Examples
-    --------
-    >>> from scipy.stats import norm
-    >>> p = family_pvalue(np.array([2.0]), 50.0)
-    >>> bool(abs(p[0] - (1 - norm.cdf(2.0) ** 50)) < 1e-12)
-    True
-    >>> float(family_pvalue(np.array([9.0]), 1e10)[0] / (1e10 * norm.sf(9.0)))
-    1.0
-    """
-    sf = special.ndtr(-np.asarray(zscores, dtype=np.float64))
-    return -np.expm1(n_trials * np.log1p(-sf))
 
 
 def suppress_non_maxima(

@@ -25,8 +25,8 @@ from twodtm.programs.peaks import (
     number_of_trials,
     pick_peaks,
     read_peak_record,
-    threshold_for_false_positives,
 )
+from twodtm.significance import threshold_for_false_positives
 
 __all__ = [
     "Picks",

@@ -8,7 +8,8 @@ from typer.testing import CliRunner
 from twodtm.cli import app
 from twodtm.cli.bench_cmd import parse_image_size
 from twodtm.errors import ConfigError
-from twodtm.programs.benchmark import STAGES, EngineOptions, time_engine
+from twodtm.programs.benchmark import EngineOptions, time_engine
+from twodtm.search.clock import STAGES
 
 
 def test_time_engine_counts_correlations_and_compares_with_the_floor():

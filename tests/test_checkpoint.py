@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import json
 import logging
 import os
 import signal
@@ -15,11 +17,15 @@ import numpy as np
 import pytest
 import torch
 
+import twodtm.programs._match_size
+import twodtm.search.options
 from _scale_data import small_config
 from twodtm.config import MatchConfig, dump_yaml, parse_config
 from twodtm.errors import CheckpointError, SearchFailedError
 from twodtm.io.results import MAP_NAMES, MatchResult
-from twodtm.programs.match import CHECKPOINT_NAME, run_match
+from twodtm.programs._match_task import load_inputs, prepare_task
+from twodtm.programs.match import CHECKPOINT_NAME, build_search_space, run_match
+from twodtm.progress import PlainProgress
 from twodtm.search.checkpoint import (
     Checkpoint,
     fingerprint,
@@ -28,6 +34,7 @@ from twodtm.search.checkpoint import (
     save_checkpoint,
 )
 from twodtm.search.executors import InProcessExecutor, SearchTask, TaskFactory
+from twodtm.search.memory import FALLBACK_PADDING, device_bytes, template_bytes
 from twodtm.search.space import Chunk
 from twodtm.search.statistics import SearchStatistics
 
@@ -249,3 +256,80 @@ def test_sigkill_then_resume_is_bit_identical(
     _assert_same_maps(result, reference)
     _assert_same_maps(MatchResult.load(out), reference)
     assert not checkpoint.exists()
+
+
+# --- the template padding: decided once per search ---------------------------
+
+
+def _only_the_fallback_fits(config: MatchConfig) -> int:
+    """Free bytes in which the template fits padded by 1.5 but not by 2."""
+    t, n_filters = 16, 3  # the blob template; 3 defocus values
+    assert load_inputs(config).template.shape == (t, t, t)
+    rest = device_bytes(n_filters, (64, 64), t, 2.0, batch_size=0)
+    rest -= template_bytes(t, 2.0)
+    free = rest + template_bytes(t, FALLBACK_PADDING)
+    assert rest + template_bytes(t, 2.0) > free
+    return free
+
+
+def _with(config: MatchConfig, section: str, key: str, value: object) -> MatchConfig:
+    data = config.model_dump(mode="json")
+    data[section][key] = value
+    return parse_config(MatchConfig, data)
+
+
+def test_padding_is_lowered_once_for_the_whole_search(
+    tmp_path: Path,
+    search: tuple[MatchConfig, MatchResult],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config, reference = search
+    assert config.preprocessing.template_padding == 2.0
+    free = _only_the_fallback_fits(config)
+    # A device deciding on its own would lower 2 to 1.5 here: prepare_task keeps
+    # the padding of the config it is given (p = 32 for t = 16 padded by 2).
+    monkeypatch.setattr(twodtm.search.options, "available_bytes", lambda d: free)
+    task = prepare_task(
+        config, load_inputs(config), build_search_space(config), torch.device("cpu")
+    )
+    assert int(task.inputs.template_dft.shape[-3]) == 32
+
+    # The search decides it once, from the devices' free memory, and says so.
+    monkeypatch.setattr(twodtm.programs._match_size, "available_bytes", lambda d: free)
+    short = _with(config, "compute", "confirm_long_run", True)  # host check
+    notes = io.StringIO()
+    result = run_match(short, tmp_path / "low", progress=PlainProgress(notes))
+    assert "template padding 1.5 instead of 2 for the whole search" in notes.getvalue()
+    assert f"{template_bytes(16, 2.0) / 1024**3:.3g} GB" in notes.getvalue()
+    recorded = json.loads((tmp_path / "low" / "result.json").read_text())
+    assert recorded["config"]["preprocessing"]["template_padding"] == 1.5
+    assert "template_padding: 1.5" in recorded["config_yaml"]
+    assert result.metadata.config["preprocessing"]["template_padding"] == 1.5
+
+    # Every chunk ran at 1.5: bit for bit the search asked for at 1.5 (with the
+    # memory back), and not the one at 2.
+    monkeypatch.undo()
+    asked = _with(config, "preprocessing", "template_padding", FALLBACK_PADDING)
+    _assert_same_maps(result, run_match(asked, tmp_path / "asked"))
+    assert not np.array_equal(result.maps["mip"], reference.maps["mip"])
+
+
+def test_checkpoint_at_another_padding_is_refused_not_mixed(
+    tmp_path: Path,
+    search: tuple[MatchConfig, MatchResult],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    config, reference = search
+    out = tmp_path / "run"
+    with pytest.raises(SearchFailedError):
+        run_match(config, out, executor=_FailingAfter(3))  # at padding 2
+    saved = load_checkpoint(out / CHECKPOINT_NAME)
+    free = _only_the_fallback_fits(config)
+    monkeypatch.setattr(twodtm.programs._match_size, "available_bytes", lambda d: free)
+    short = _with(config, "compute", "confirm_long_run", True)
+    with pytest.raises(CheckpointError, match=r"preprocessing\.template_padding"):
+        run_match(short, out)
+    assert load_checkpoint(out / CHECKPOINT_NAME).done == saved.done
+    # with the memory back, the padding-2 search resumes as it began
+    monkeypatch.undo()
+    _assert_same_maps(run_match(config, out), reference)

@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from twodtm.preprocess import prepare_template
-from twodtm.search import size
-from twodtm.search.size import (
+from twodtm.search import memory
+from twodtm.search.memory import (
     FALLBACK_PADDING,
     auto_batch_size,
     fitting_template_padding,
@@ -25,7 +25,7 @@ def test_template_bytes_are_prepare_templates(t, padding):
 
 
 def _free(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
-    monkeypatch.setattr(size, "available_bytes", lambda device: n)
+    monkeypatch.setattr(memory, "available_bytes", lambda device: n)
 
 
 def test_batch_is_a_quarter_of_the_free_memory(monkeypatch):
@@ -51,7 +51,7 @@ def test_free_memory_is_what_the_host_can_give():
     with open("/proc/meminfo", encoding="ascii") as info:
         fields = dict(line.split(":", 1) for line in info)
     available = int(fields["MemAvailable"].split()[0]) * 1024
-    got = size.available_bytes(CPU)
+    got = memory.available_bytes(CPU)
     assert abs(got - available) < 0.05 * available + 2**28  # the host moves on
 
 

@@ -8,7 +8,8 @@ from scipy.spatial.transform import Rotation
 from torch_fourier_slice import project_3d_to_2d
 
 from twodtm.errors import ConfigError
-from twodtm.local.grid import LocalGrid, local_orientations
+from twodtm.local import LocalGrid
+from twodtm.local._grid import local_orientations
 from twodtm.orientations import (
     angular_distance,
     euler_to_matrix,

@@ -7,8 +7,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from twodtm.local import batches_by_box
-from twodtm.local.boxes import box_dfts, extract_boxes, shift_phases
+from twodtm.local._boxes import box_dfts, extract_boxes, shift_phases
+from twodtm.local._fit import batches_by_box
 from twodtm.search._window import window_bases
 
 

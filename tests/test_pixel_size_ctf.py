@@ -15,7 +15,7 @@ import numpy as np
 import torch
 
 from twodtm.ctf import Optics
-from twodtm.local.batch import particle_ctfs
+from twodtm.local._batch import particle_ctfs
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
 from twodtm.search.inputs import build_search_inputs
 from twodtm.search.space import SearchSpace

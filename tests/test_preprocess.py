@@ -11,13 +11,12 @@ from twodtm.config import Preprocessing
 from twodtm.errors import ConfigError
 from twodtm.preprocess import (
     FilterSettings,
-    bandpass_filter,
-    clipped_mean_std,
     fft_friendly_size,
     prepare_image,
-    radial_power_spectrum,
     replace_outliers,
 )
+from twodtm.preprocess._outliers import clipped_mean_std
+from twodtm.preprocess._spectrum import bandpass_filter, radial_power_spectrum
 
 DATA = Path(
     os.environ.get(

@@ -33,18 +33,20 @@ from twodtm.local import (
     Micrograph,
     Pose,
     Template,
-    default_box_size,
     fit_particles,
-    local_orientations,
     make_template,
     prepare_micrograph,
     refine_particles,
     small_rotations,
+)
+from twodtm.local._boxes import (
+    default_box_size,
+    resample_filter,
     subpixel_peaks,
     window_mask,
     window_radius,
 )
-from twodtm.local.boxes import resample_filter
+from twodtm.local._grid import local_orientations
 from twodtm.orientations import angular_distance, euler_to_matrix
 from twodtm.preprocess import FilterSettings, PreparedImage, prepare_image
 from twodtm.programs.simulate import write_simulation

@@ -15,24 +15,21 @@ import pytest
 import starfile
 import torch
 
-import twodtm.programs.match
+import twodtm.programs._match_size
+import twodtm.programs._match_task
 from _scale_data import small_config
 from twodtm.cli import main
 from twodtm.config import MatchConfig, dump_yaml, parse_config
 from twodtm.errors import InputFileError, SearchTooLargeError
 from twodtm.orientations import orientation_grid
+from twodtm.programs._match_size import size_search
+from twodtm.programs._match_task import prepare_task
 from twodtm.programs.batch import (
     MissingCtfWarning,
     list_micrographs,
     read_star_micrographs,
 )
-from twodtm.programs.match import (
-    build_search_space,
-    load_inputs,
-    match_template,
-    prepare_task,
-    size_search,
-)
+from twodtm.programs.match import build_search_space, load_inputs, match_template
 from twodtm.progress import PlainProgress
 from twodtm.search._transforms import workspace
 from twodtm.search.executors import InProcessExecutor
@@ -153,7 +150,7 @@ def test_typo_in_the_step_stops_before_the_grid_is_built(tmp_path, monkeypatch):
     def never(*args: object, **kwargs: object) -> torch.Tensor:
         raise AssertionError("the grid was built")
 
-    monkeypatch.setattr(twodtm.programs.match, "orientation_grid", never)
+    monkeypatch.setattr(twodtm.programs._match_task, "orientation_grid", never)
     out = io.StringIO()
     with pytest.raises(SearchTooLargeError) as info:
         match_template(config, PlainProgress(out))
@@ -166,7 +163,7 @@ def test_typo_in_the_step_stops_before_the_grid_is_built(tmp_path, monkeypatch):
 def test_too_little_memory_stops_unless_confirmed(tmp_path, monkeypatch):
     config = small_config(tmp_path)
     monkeypatch.setattr(
-        twodtm.programs.match, "available_bytes", lambda device: 1024**2
+        twodtm.programs._match_size, "available_bytes", lambda device: 1024**2
     )
     with pytest.raises(SearchTooLargeError, match="host memory and 1 MB is available"):
         match_template(config)

@@ -9,6 +9,7 @@ import pytest
 
 from twodtm.config import Preprocessing
 from twodtm.errors import InputDataError, OutputExistsError, OutputWriteError
+from twodtm.io._repair import pad_to_cube, pad_to_even, resample_volume
 from twodtm.io.inputs import (
     TemplatePolicy,
     check_micrograph,
@@ -16,11 +17,8 @@ from twodtm.io.inputs import (
     check_signal,
     check_template,
     claim_output,
-    pad_to_cube,
-    pad_to_even,
     read_micrograph,
     read_template,
-    resample_volume,
     template_policy,
 )
 from twodtm.io.mrc import MrcData, write_mrc

@@ -49,7 +49,7 @@ from twodtm.io.mrc import MrcData, read_mrc, write_mrc
 from twodtm.preprocess import fft_friendly_size
 from twodtm.simulate import map_from_model
 
-MODEL_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
+_MODEL_SUFFIXES = (".pdb", ".ent", ".cif", ".mmcif")
 # Change when the recipe below changes, so that older cached maps are not reused.
 _RECIPE = 1
 _MTF_REFERENCE = "k2_300kv"
@@ -105,13 +105,13 @@ class _TemplateProgram(Protocol):
     ) -> Self: ...
 
 
-ConfigT = TypeVar("ConfigT", bound=_TemplateProgram)
+_ConfigT = TypeVar("_ConfigT", bound=_TemplateProgram)
 
 
 def is_atomic_model(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` names a PDB/mmCIF model (by suffix; ``.gz`` allowed)."""
     name = Path(path).name.lower().removesuffix(".gz")
-    return name.endswith(MODEL_SUFFIXES)
+    return name.endswith(_MODEL_SUFFIXES)
 
 
 def model_template_settings(
@@ -197,7 +197,7 @@ def _box(path: Path, settings: ModelTemplateSettings) -> int:
     return box_size_for(model_radius(path), settings.pixel_size, settings.box_margin)
 
 
-def cache_key(digest: str, settings: ModelTemplateSettings, box_size: int) -> str:
+def _cache_key(digest: str, settings: ModelTemplateSettings, box_size: int) -> str:
     """16 hex digits naming a simulated map: model content, settings, versions."""
     fields = {
         "model_sha256": digest,
@@ -291,7 +291,8 @@ def model_template_map(
     box = _box(model, settings)
     digest = model_digest(model)
     stem = model.name.split(".")[0] or "model"
-    target = Path(cache_dir) / f"template_{stem}_{cache_key(digest, settings, box)}.mrc"
+    key = _cache_key(digest, settings, box)
+    target = Path(cache_dir) / f"template_{stem}_{key}.mrc"
     if _cached(target, box, settings.pixel_size) is None:
         write_mrc(target, simulate_model(model, settings, box), settings.pixel_size)
         record = {
@@ -348,10 +349,10 @@ def load_template(
 
 
 def resolve_model_template(
-    config: ConfigT,
+    config: _ConfigT,
     directory: str | os.PathLike[str],
     pixel_size: float | None = None,
-) -> ConfigT:
+) -> _ConfigT:
     """Return ``config`` with a model template replaced by its map in ``directory``.
 
     A config whose template is not an atomic model (or is None) is returned as it
@@ -369,11 +370,9 @@ def resolve_model_template(
 
 
 __all__ = [
-    "MODEL_SUFFIXES",
     "ModelTemplateSettings",
     "apply_detector_mtf",
     "box_size_for",
-    "cache_key",
     "is_atomic_model",
     "load_template",
     "model_digest",

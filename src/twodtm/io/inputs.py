@@ -7,7 +7,7 @@ Three repairs happen only when the config allows or when they are exact:
 
 - a non-cubic template is padded to a cube (``preprocessing.pad_template_to_cube``);
 - a template whose voxel size differs from the micrograph pixel size by more than
-  ``PIXEL_SIZE_TOLERANCE`` is resampled in Fourier space
+  1 % (``_PIXEL_SIZE_TOLERANCE``) is resampled in Fourier space
   (``preprocessing.allow_template_resampling``);
 - an odd template box is always padded by one voxel to even, on the low side of
   each axis, so the centre voxel ``t // 2`` becomes ``(t + 1) // 2`` and every
@@ -32,8 +32,8 @@ from twodtm.io.mrc import MrcData, read_mrc
 from twodtm.model_template import ModelTemplateSettings, load_template
 
 # Relative pixel-size difference the engine absorbs by scaling its Fourier slices.
-PIXEL_SIZE_TOLERANCE = 0.01
-MIN_TEMPLATE_SIZE = 8
+_PIXEL_SIZE_TOLERANCE = 0.01
+_MIN_TEMPLATE_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -67,8 +67,8 @@ class CheckedInputs:
     template : np.ndarray
         ``(t, t, t)`` float32 with t even, finite, not constant, ``t <= min(H, W)``.
     template_pixel_size : float
-        Voxel size of ``template`` in Angstrom, within ``PIXEL_SIZE_TOLERANCE`` of
-        the micrograph pixel size.
+        Voxel size of ``template`` in Angstrom, within 1 % of the micrograph
+        pixel size.
     """
 
     micrograph: np.ndarray
@@ -117,7 +117,7 @@ def check_micrograph(data: np.ndarray, name: str) -> np.ndarray:
     return np.asarray(data, dtype=np.float32)
 
 
-def template_pixel_size(
+def _template_pixel_size(
     header_pixel_size: float,
     micrograph_pixel_size: float | None,
     policy: TemplatePolicy,
@@ -135,9 +135,9 @@ def template_pixel_size(
 
     Examples
     --------
-    >>> template_pixel_size(0.0, 1.3, TemplatePolicy())
+    >>> _template_pixel_size(0.0, 1.3, TemplatePolicy())
     1.3
-    >>> template_pixel_size(1.1, 1.3, TemplatePolicy(pixel_size=1.2))
+    >>> _template_pixel_size(1.1, 1.3, TemplatePolicy(pixel_size=1.2))
     1.2
     """
     if policy.pixel_size is not None:
@@ -171,7 +171,7 @@ def _cube(volume: np.ndarray, name: str, policy: TemplatePolicy) -> np.ndarray:
 def _same_pixel_size(
     volume: np.ndarray, pixel_size: float, target: float, name: str, allow: bool
 ) -> tuple[np.ndarray, float]:
-    if abs(pixel_size - target) <= PIXEL_SIZE_TOLERANCE * target:
+    if abs(pixel_size - target) <= _PIXEL_SIZE_TOLERANCE * target:
         return volume, pixel_size
     if not allow:
         raise InputDataError(
@@ -217,17 +217,17 @@ def check_template(
     """
     volume = _cube(template.data, name, policy)
     check_signal(volume, name)
-    pixel_size = template_pixel_size(
+    pixel_size = _template_pixel_size(
         template.pixel_size, micrograph_pixel_size, policy, name
     )
     if micrograph_pixel_size is not None:
         volume, pixel_size = _same_pixel_size(
             volume, pixel_size, micrograph_pixel_size, name, policy.allow_resampling
         )
-    if volume.shape[0] < MIN_TEMPLATE_SIZE:
+    if volume.shape[0] < _MIN_TEMPLATE_SIZE:
         raise InputDataError(
             f"{name}: the template box is {volume.shape[0]} voxels; at least "
-            f"{MIN_TEMPLATE_SIZE} are needed, check the file and its pixel size."
+            f"{_MIN_TEMPLATE_SIZE} are needed, check the file and its pixel size."
         )
     return pad_to_even(volume), pixel_size
 
@@ -427,8 +427,6 @@ def claim_output(
 
 
 __all__ = [
-    "MIN_TEMPLATE_SIZE",
-    "PIXEL_SIZE_TOLERANCE",
     "CheckedInputs",
     "TemplatePolicy",
     "check_match_inputs",
@@ -437,11 +435,7 @@ __all__ = [
     "check_signal",
     "check_template",
     "claim_output",
-    "pad_to_cube",
-    "pad_to_even",
     "read_micrograph",
     "read_template",
-    "resample_volume",
-    "template_pixel_size",
     "template_policy",
 ]

@@ -13,7 +13,7 @@ orientation and defocus. Because this space is tiny next to a global search, the
 false-positive threshold, recomputed for the number of trials actually made, is
 much lower: B is found at z-scores a full search could not accept. The z-score of
 a candidate is its correlation in units of the whitened noise, whose null
-distribution is the standard normal (see ``local_zscore``).
+distribution is the standard normal (see ``_local_zscore``).
 """
 
 from __future__ import annotations
@@ -23,10 +23,10 @@ from dataclasses import dataclass, replace
 import pandas as pd
 import torch
 
-from twodtm.local.batch import Template
-from twodtm.local.boxes import window_mask, window_radius
-from twodtm.local.fit import LocalFit, LocalSettings, Micrograph, Pose, fit_particles
-from twodtm.local.grid import small_rotations
+from twodtm.local._batch import Template
+from twodtm.local._boxes import window_mask, window_radius
+from twodtm.local._fit import LocalFit, LocalSettings, Micrograph, Pose, fit_particles
+from twodtm.local._grid import small_rotations
 from twodtm.local.refine import start_pose
 from twodtm.orientations import angular_distance, euler_to_matrix, matrix_to_euler
 from twodtm.significance import threshold_for_false_positives
@@ -34,8 +34,6 @@ from twodtm.significance import threshold_for_false_positives
 __all__ = [
     "Placement",
     "constrained_search",
-    "constrained_trials",
-    "local_zscore",
     "predict_partner",
     "window_pixels",
 ]
@@ -100,7 +98,7 @@ def window_pixels(max_shift: float) -> int:
     return int(window_mask(2 * window_radius(max_shift) + 1, max_shift).sum())
 
 
-def local_zscore(fit: LocalFit, mean: float = 0.0, std: float = 1.0) -> float:
+def _local_zscore(fit: LocalFit, mean: float = 0.0, std: float = 1.0) -> float:
     """Z-score of the best correlation of a constrained search.
 
     The correlation of a unit-norm filtered template with the whitened,
@@ -113,7 +111,7 @@ def local_zscore(fit: LocalFit, mean: float = 0.0, std: float = 1.0) -> float:
     return (fit.correlation - mean) / std if std > 0 else 0.0
 
 
-def constrained_trials(n_particles: int, settings: LocalSettings) -> int:
+def _constrained_trials(n_particles: int, settings: LocalSettings) -> int:
     """Correlations the constrained search makes: A particles x positions x poses.
 
     The first pass is counted; later passes (``iterations > 1``) re-search a
@@ -137,7 +135,7 @@ def _candidate(index: int, a: Pose, fit: LocalFit, predicted: Pose) -> dict:
         "defocus": pose.defocus,
         "pixel_size": pose.pixel_size,
         "mip": fit.correlation,
-        "zscore": local_zscore(fit),
+        "zscore": _local_zscore(fit),
         "partner_index": index,
         "predicted_x": predicted.x,
         "predicted_y": predicted.y,
@@ -190,7 +188,7 @@ def constrained_search(
             zip(a_poses, fits, predictions, strict=True)
         )
     ]
-    n_trials = constrained_trials(len(rows), settings)
+    n_trials = _constrained_trials(len(rows), settings)
     threshold = threshold_for_false_positives(n_trials, false_positives)
     table = pd.DataFrame(rows, columns=_COLUMNS)
     table["detected"] = table["zscore"] >= threshold

@@ -1,7 +1,7 @@
 """Refinement of a particle table: poses in, refined poses and their changes out.
 
 ``refine_particles`` reads each row's start pose (``start_pose``), fits it
-(``local.fit.fit_particles``) and writes the refined values back with the
+(``local.fit_particles``) and writes the refined values back with the
 z-score re-normalised by the global search's mean and standard deviation at the
 particle, its family-wise p-value and the change of every parameter.
 """
@@ -14,9 +14,9 @@ import torch
 
 from twodtm.ctf import Optics
 from twodtm.errors import InputDataError
-from twodtm.local.batch import Template
-from twodtm.local.boxes import renormalised_zscore
-from twodtm.local.fit import LocalFit, LocalSettings, Micrograph, Pose, fit_particles
+from twodtm.local._batch import Template
+from twodtm.local._boxes import renormalised_zscore
+from twodtm.local._fit import LocalFit, LocalSettings, Micrograph, Pose, fit_particles
 from twodtm.orientations import angular_distance, euler_to_matrix
 from twodtm.significance import family_pvalue
 

@@ -21,8 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
-from twodtm.local.batch import Template
-from twodtm.local.fit import LocalSettings, Micrograph, make_template
+from twodtm.local._batch import Template
+from twodtm.local._fit import LocalSettings, Micrograph, make_template
 from twodtm.local.refine import refine_particles
 from twodtm.simulate import map_from_model
 
@@ -32,7 +32,6 @@ __all__ = [
     "TemplateSource",
     "parabola_vertex",
     "rescaled_map_source",
-    "score_pixel_size",
     "simulated_model_source",
     "sweep_pixel_size",
 ]
@@ -133,7 +132,7 @@ def parabola_vertex(values: np.ndarray, scores: np.ndarray) -> float:
     return float(np.clip(x[1] - b / (2 * a), x[0], x[2]))
 
 
-def score_pixel_size(
+def _score_pixel_size(
     micrograph: Micrograph,
     template: Template,
     particles: pd.DataFrame,
@@ -180,7 +179,7 @@ def sweep_pixel_size(
         for value in values:
             key = round(float(value), 9)
             if key not in scores:
-                scores[key] = score_pixel_size(
+                scores[key] = _score_pixel_size(
                     micrograph, source(key), particles, settings
                 )
 

@@ -35,8 +35,6 @@ from twodtm.progress import ProgressReporter
 from twodtm.search.executors import Executor
 
 __all__ = [
-    "CTF_COLUMNS",
-    "SUMMARY_COLUMNS",
     "SUMMARY_NAME",
     "MicrographEntry",
     "MissingCtfWarning",
@@ -48,7 +46,7 @@ __all__ = [
 ]
 
 SUMMARY_NAME = "summary.csv"
-SUMMARY_COLUMNS = (
+_SUMMARY_COLUMNS = (
     "micrograph",
     "directory",
     "status",
@@ -66,7 +64,7 @@ _MICROGRAPH_COLUMNS = {
     "rlnPhaseShift": "phase_shift",
 }
 # Without these a micrograph would be searched at the config's one defocus.
-CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
+_CTF_COLUMNS = ("rlnDefocusU", "rlnDefocusV", "rlnDefocusAngle")
 _OPTICS_COLUMNS = {
     "rlnMicrographPixelSize": "pixel_size",
     "rlnVoltage": "voltage",
@@ -126,7 +124,7 @@ class MissingCtfWarning(UserWarning):
 
 def _check_ctf_columns(columns: Sequence[str], star: Path, use_config: bool) -> None:
     """Refuse (or, with ``use_config``, warn about) a table without CTF columns."""
-    missing = [c for c in CTF_COLUMNS if c not in columns]
+    missing = [c for c in _CTF_COLUMNS if c not in columns]
     if not missing:
         return
     if not use_config:
@@ -161,14 +159,15 @@ def read_star_micrographs(
     path : str or path
         The STAR file.
     use_config_ctf : bool
-        Accept a table without ``CTF_COLUMNS`` (a ``MissingCtfWarning`` names the
-        missing ones): the config's optics stand in for them.
+        Accept a table without the CTF columns (``rlnDefocusU``, ``rlnDefocusV``,
+        ``rlnDefocusAngle``; a ``MissingCtfWarning`` names the missing ones): the
+        config's optics stand in for them.
 
     Raises
     ------
     InputFileError
         The file is unreadable, has no ``rlnMicrographName`` column, or lacks one
-        of ``CTF_COLUMNS`` (unless ``use_config_ctf``).
+        of the CTF columns (unless ``use_config_ctf``).
     """
     star = Path(path)
     blocks = _star_blocks(star)
@@ -257,7 +256,7 @@ def _row(
 def _write_summary(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
     """Write the batch table as CSV, atomically."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=SUMMARY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=_SUMMARY_COLUMNS, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
@@ -302,7 +301,7 @@ def run_batch(
     Returns
     -------
     list of dict
-        The summary rows (``SUMMARY_COLUMNS``), in the order of ``entries``.
+        The summary rows (``_SUMMARY_COLUMNS``), in the order of ``entries``.
     """
     root = Path(output)
     directories = result_directories(entries, root)

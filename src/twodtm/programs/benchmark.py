@@ -6,7 +6,8 @@ also compiles the fused statistics kernel), times a full search of the requested
 orientations, splits the time per correlation into its stages with the engine's
 own ``StageClock``, and times the FFT-only floor: the batched inverse real FFT
 of the image size that every 2DTM engine must run once per correlation.
-``twodtm bench`` and ``benchmarks/throughput.py`` print what it returns.
+``twodtm bench`` and ``benchmarks/throughput.py`` print what it returns
+(``format_report``, from ``programs._bench_report``).
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ from twodtm.preprocess import (
     prepare_image,
     prepare_template,
 )
+from twodtm.programs._bench_report import format_report
 from twodtm.search.clock import STAGES, StageClock
 from twodtm.search.engine import search_orientations
 from twodtm.search.inputs import Precision, SearchInputs, build_search_inputs
+from twodtm.search.memory import padded_size
 from twodtm.search.options import (
     RunOptions,
     RunRequest,
@@ -41,23 +44,16 @@ from twodtm.search.options import (
     resolve_run_options,
 )
 from twodtm.search.projection import projection_box
-from twodtm.search.size import padded_size
 from twodtm.search.space import SearchSpace
 from twodtm.search.statistics import SearchStatistics
 
 __all__ = [
-    "STAGES",
     "EngineOptions",
-    "best_time",
-    "fft_floor",
     "format_report",
-    "paired_fft_floor",
     "precision_error",
     "random_rotations",
     "run_search",
-    "stage_times",
     "synthetic_inputs",
-    "synthetic_volume",
     "time_engine",
 ]
 
@@ -70,7 +66,7 @@ def _synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def best_time(
+def _best_time(
     work: Callable[[], object], device: torch.device, repeats: int = 3
 ) -> float:
     """Shortest wall time in seconds of ``repeats`` runs of ``work`` (synchronised)."""
@@ -84,7 +80,7 @@ def best_time(
     return min(times)
 
 
-def synthetic_volume(size: int, generator: torch.Generator) -> torch.Tensor:
+def _synthetic_volume(size: int, generator: torch.Generator) -> torch.Tensor:
     """``(t, t, t)`` white noise inside the box's inscribed sphere (radius t/2 - 1).
 
     A template boxed with a margin, as maps for 2DTM are: its projections fit
@@ -117,7 +113,7 @@ class _Synthetic:
         """Draw the data (``filters``: defocus values, pixel sizes)."""
         generator = torch.Generator().manual_seed(seed)
         image = torch.randn(image_shape, generator=generator).to(device)
-        volume = synthetic_volume(template_size, generator).to(device)
+        volume = _synthetic_volume(template_size, generator).to(device)
         prepared = prepare_image(
             image, PIXEL_SIZE, FilterSettings(), pad_to_fft_friendly=True
         )
@@ -218,7 +214,7 @@ def run_search(
     return stats
 
 
-def stage_times(
+def _stage_times(
     inputs: SearchInputs,
     rotations: torch.Tensor,
     crop: tuple[int, int],
@@ -240,7 +236,7 @@ def stage_times(
     return {name: seconds / correlations for name, seconds in best.items()}
 
 
-def fft_floor(
+def _fft_floor(
     image_shape: tuple[int, int], n_maps: int, device: torch.device, repeats: int = 3
 ) -> float:
     """Inverse real FFTs per second of the image size, the faster of two ways.
@@ -262,27 +258,29 @@ def fft_floor(
 
     with torch.inference_mode():
         torch.fft.irfft2(spectrum, s=image_shape, out=out)
-        batched = best_time(
+        batched = _best_time(
             lambda: torch.fft.irfft2(spectrum, s=image_shape, out=out), device, repeats
         )
-        single = best_time(one_at_a_time, device, repeats)
+        single = _best_time(one_at_a_time, device, repeats)
     return n_maps / min(batched, single)
 
 
-def paired_fft_floor(
+def _paired_fft_floor(
     image_shape: tuple[int, int], device: torch.device, repeats: int = 3
 ) -> float:
     """Real maps per second from complex inverse FFTs that each yield two maps.
 
     ``ifft2(A + iB) = a + ib`` for real a, b (``search._filters.pair_filters``):
     the floor of an engine that pairs its maps, timed the same way as
-    ``fft_floor``.
+    ``_fft_floor``.
     """
     spectrum = torch.randn(image_shape, dtype=torch.complex64, device=device)
     out = torch.empty_like(spectrum)
     with torch.inference_mode():
         torch.fft.ifft2(spectrum, out=out)
-        seconds = best_time(lambda: torch.fft.ifft2(spectrum, out=out), device, repeats)
+        seconds = _best_time(
+            lambda: torch.fft.ifft2(spectrum, out=out), device, repeats
+        )
     return 2.0 / seconds
 
 
@@ -302,7 +300,7 @@ class EngineOptions:
     Attributes
     ----------
     batch_size : int or None
-        Orientations per engine call (None: ``search.size.auto_batch_size``).
+        Orientations per engine call (None: ``search.memory.auto_batch_size``).
     fused : bool
         Use the compiled one-pass statistics kernel; its compile time falls in
         the warm-up (``warmup_seconds``), not in the timed search.
@@ -313,7 +311,8 @@ class EngineOptions:
         ``search.options.default_paired``; never in fp16).
     template_padding : float
         Requested real-space oversampling of the template before its transform
-        (lowered as ``twodtm match`` lowers it where it does not fit in memory).
+        (lowered to ``search.memory.FALLBACK_PADDING`` where it does not fit in
+        the device's memory; ``twodtm match`` decides it once per search).
     slice_size : int or None
         Box of the sampled slices (``SearchInputs.slice_size``): None for the
         synthetic map's ``projection.projection_box`` (t), 0 for the padded size.
@@ -384,15 +383,15 @@ def time_engine(
     crop = image_shape
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
-    warmup = best_time(
+    warmup = _best_time(
         lambda: run_search(inputs, rotations[:batch], batch, crop), dev, 1
     )
-    seconds = best_time(lambda: run_search(inputs, rotations, batch, crop), dev, 1)
+    seconds = _best_time(lambda: run_search(inputs, rotations, batch, crop), dev, 1)
     peak, peak_kind = _peak_memory(dev)
     rate = n_orientations * n_filters / seconds
-    stages = stage_times(inputs, rotations[:batch], crop)
-    floor = fft_floor(inputs.image_shape, n_defocus, dev)
-    paired_floor = paired_fft_floor(inputs.image_shape, dev)
+    stages = _stage_times(inputs, rotations[:batch], crop)
+    floor = _fft_floor(inputs.image_shape, n_defocus, dev)
+    paired_floor = _paired_fft_floor(inputs.image_shape, dev)
     return {
         "correlations_per_second": rate,
         "fft_floor_per_second": floor,
@@ -474,34 +473,3 @@ def precision_error(
         "defocus_values": n_defocus,
         "device": str(dev),
     }
-
-
-def format_report(record: dict[str, Any]) -> str:
-    """Human-readable lines for a ``time_engine`` record."""
-    h, w = record["image_shape"]
-    stages = record["stage_ms_per_correlation"]
-    lines = [
-        f"device {record['device']} ({record['threads']} threads), image {h}x{w} "
-        f"(searched {record['padded_shape'][0]}x{record['padded_shape'][1]}), "
-        f"template {record['template_size']}, {record['orientations']} orientations x "
-        f"{record['defocus_values']} defocus x {record['pixel_sizes']} pixel sizes, "
-        f"batch {record['batch_size']}, template padding "
-        f"{record['template_padding']:g} (slices at {record['slice_size']} px), "
-        f"{record['precision']}, "
-        f"{'fused' if record['fused'] else 'eager'} statistics",
-        f"cross-correlations per second: {record['correlations_per_second']:.2f} "
-        f"({record['correlations']} in {record['seconds']:.2f} s; "
-        f"warm-up {record['warmup_seconds']:.1f} s)",
-        f"FFT-only floor: {record['fft_floor_per_second']:.2f} inverse real FFTs/s; "
-        f"engine is {record['floor_ratio']:.2f}x slower than the floor",
-        f"paired floor: {record['paired_fft_floor_per_second']:.2f} maps/s from "
-        "complex inverse FFTs of two maps each; engine is "
-        f"{record['transform_floor_ratio']:.2f}x slower than the faster floor "
-        f"({'paired' if record['paired_transforms'] else 'real'} transforms used)",
-        "time per correlation by stage (ms): "
-        + ", ".join(f"{name} {stages[name]:.2f}" for name in STAGES)
-        + f"; sum {sum(stages.values()):.2f}",
-        f"peak memory: {record['peak_memory_bytes'] / 2**30:.2f} GiB "
-        f"({record['peak_memory_kind']})",
-    ]
-    return "\n".join(lines)

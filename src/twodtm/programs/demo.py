@@ -38,9 +38,7 @@ from twodtm.simulate import (
 
 __all__ = [
     "DEMO_BOX_SIZE",
-    "DEMO_PARAMS",
     "DEMO_PIXEL_SIZE",
-    "DEMO_SEARCH",
     "DEMO_SYMMETRY",
     "SearchSettings",
     "Trial",
@@ -56,8 +54,8 @@ DEMO_BOX_SIZE = 64
 _DEMO_MAP = "demo_apoferritin.mrc"
 DEMO_SYMMETRY = "O"
 
-ProgressHook = Callable[[int, int], None]
-Progress = ProgressReporter | ProgressHook
+_ProgressHook = Callable[[int, int], None]
+_Progress = ProgressReporter | _ProgressHook
 
 
 @dataclass(frozen=True)
@@ -155,7 +153,7 @@ def run_trial(
     search: SearchSettings,
     directory: str | Path,
     template_b_factor: float = 0.0,
-    progress: Progress | None = None,
+    progress: _Progress | None = None,
 ) -> Trial:
     """Simulate a micrograph, search it, pick peaks and score them against the truth.
 
@@ -234,18 +232,18 @@ def _score_table(trial: Trial) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-DEMO_PARAMS = SimulationParams(
+_DEMO_PARAMS = SimulationParams(
     image_shape=(1024, 1024), n_particles=12, dose=30.0, defocus_spread=50.0, seed=2024
 )
-DEMO_SEARCH = SearchSettings()
+_DEMO_SEARCH = SearchSettings()
 
 
 def run_demo(
     directory: str | Path = "twodtm-demo",
     report: bool = True,
-    progress: Progress | None = None,
-    params: SimulationParams = DEMO_PARAMS,
-    search: SearchSettings = DEMO_SEARCH,
+    progress: _Progress | None = None,
+    params: SimulationParams = _DEMO_PARAMS,
+    search: SearchSettings = _DEMO_SEARCH,
 ) -> DetectionScore:
     """Run the whole demo and return the detection score.
 
@@ -270,7 +268,7 @@ def run_demo(
 def _demo_trial(
     directory: str | Path,
     report: bool,
-    progress: Progress | None,
+    progress: _Progress | None,
     params: SimulationParams,
     search: SearchSettings,
 ) -> Trial:
@@ -305,9 +303,9 @@ def _summary_lines(trial: Trial) -> list[str]:
 def run_demo_verbose(
     directory: str | Path = "twodtm-demo",
     report: bool = True,
-    progress: Progress | None = None,
-    params: SimulationParams = DEMO_PARAMS,
-    search: SearchSettings = DEMO_SEARCH,
+    progress: _Progress | None = None,
+    params: SimulationParams = _DEMO_PARAMS,
+    search: SearchSettings = _DEMO_SEARCH,
 ) -> list[str]:
     """Run the demo and return the lines ``twodtm demo`` prints."""
     return _summary_lines(_demo_trial(directory, report, progress, params, search))

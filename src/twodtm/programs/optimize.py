@@ -37,10 +37,10 @@ from twodtm.programs._particles import (
     read_template,
 )
 
-__all__ = ["plot_sweep", "run_optimize"]
+__all__ = ["run_optimize"]
 
 
-def plot_sweep(result: SweepResult, path: str | Path) -> Path:
+def _plot_sweep(result: SweepResult, path: str | Path) -> Path:
     """Save a PNG of score versus voxel size with the best value marked."""
     figure = Figure(figsize=(5.0, 3.5), dpi=120)
     axes = figure.add_subplot()
@@ -110,7 +110,7 @@ def run_optimize(
         _sweep_settings(config.sweep),
     )
     write_csv_table(result.table(), directory / "sweep.csv")
-    plot_sweep(result, directory / "pixel_size_sweep.png")
+    _plot_sweep(result, directory / "pixel_size_sweep.png")
     summary = {
         "best_pixel_size": result.best_pixel_size,
         "nominal_pixel_size": nominal,

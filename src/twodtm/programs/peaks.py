@@ -35,7 +35,6 @@ from twodtm.significance import family_pvalue, threshold_for_false_positives
 
 __all__ = [
     "PEAKS_RECORD",
-    "PEAK_COLUMNS",
     "PeakRecord",
     "PeakSettings",
     "find_peaks",
@@ -43,11 +42,10 @@ __all__ = [
     "pick_and_write",
     "pick_peaks",
     "read_peak_record",
-    "suppress_non_maxima",
     "write_picks",
 ]
 
-PEAK_COLUMNS = (
+_PEAK_COLUMNS = (
     "x",
     "y",
     "x_angstrom",
@@ -178,7 +176,7 @@ def _optional(value: Any, convert: type[float] | type[int]) -> Any:
     return None if value is None else convert(value)
 
 
-def suppress_non_maxima(
+def _suppress_non_maxima(
     zscore: np.ndarray, threshold: float, min_distance: float, border: int
 ) -> np.ndarray:
     """Greedy non-maximum suppression of a z-score map.
@@ -241,7 +239,7 @@ def pick_peaks(
     -------
     pandas.DataFrame
         One row per peak, highest z-score first, with the columns of
-        ``PEAK_COLUMNS`` (positions in pixels and Angstrom, angles in degrees,
+        ``_PEAK_COLUMNS`` (positions in pixels and Angstrom, angles in degrees,
         defocus in Angstrom, ``pvalue`` family-wise, see the module doc, and
         ``n_trials``, the search's number of trials behind it, so that refine can
         recompute the p-value of a refined z-score).
@@ -253,7 +251,7 @@ def pick_peaks(
     )
     border = template_size // 2 if settings.border is None else settings.border
     threshold = _threshold(result, settings)
-    peaks = suppress_non_maxima(result.zscore, threshold, distance, border)
+    peaks = _suppress_non_maxima(result.zscore, threshold, distance, border)
     n_trials = number_of_trials(result)
     record = PeakRecord(
         settings=settings,
@@ -278,7 +276,7 @@ def find_peaks(
 def _peak_table(
     result: MatchResult, peaks: np.ndarray, n_trials: float
 ) -> pd.DataFrame:
-    """Tabulate the ``(n, 2)`` ``(row, column)`` peaks in ``PEAK_COLUMNS``."""
+    """Tabulate the ``(n, 2)`` ``(row, column)`` peaks in ``_PEAK_COLUMNS``."""
     rows, cols = peaks[:, 0], peaks[:, 1]
     values = {
         name: result.maps[name][rows, cols].astype(np.float64) for name in result.maps
@@ -299,7 +297,7 @@ def _peak_table(
         "pvalue": family_pvalue(values["zscore"], n_trials),
         "n_trials": np.full(len(rows), n_trials),
     }
-    return pd.DataFrame(table, columns=list(PEAK_COLUMNS))
+    return pd.DataFrame(table, columns=list(_PEAK_COLUMNS))
 
 
 def _template_size(result: MatchResult, directory: Path) -> int:

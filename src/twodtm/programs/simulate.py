@@ -26,7 +26,7 @@ from twodtm.simulate import (
     simulate_micrograph,
 )
 
-# ttsim3d reads these (gzipped too); model_template.MODEL_SUFFIXES lists fewer.
+# ttsim3d reads these (gzipped too); model_template._MODEL_SUFFIXES lists fewer.
 _MODEL_SUFFIXES = (".pdb", ".cif", ".mmcif", ".ent", ".pdb.gz", ".cif.gz")
 
 
@@ -62,7 +62,7 @@ def write_simulation(
     return paths
 
 
-def load_volume(config: SimulateConfig) -> torch.Tensor:
+def _load_volume(config: SimulateConfig) -> torch.Tensor:
     """Load the map to simulate: ttsim3d for an atomic model, else the MRC map.
 
     A map goes through the one template policy (``io.inputs.read_template``): it
@@ -94,7 +94,7 @@ def load_volume(config: SimulateConfig) -> torch.Tensor:
 def run_simulate_config(config: SimulateConfig) -> dict[str, Path]:
     """Simulate and write micrograph.mrc, template.mrc and truth.star as configured."""
     optics = config.optics.to_optics()
-    volume = load_volume(config)
+    volume = _load_volume(config)
     params = SimulationParams(
         image_shape=config.image_size,
         n_particles=config.particle_count(),
@@ -111,4 +111,4 @@ def run_simulate_config(config: SimulateConfig) -> dict[str, Path]:
     return write_simulation(sim, config.output, template, optics.pixel_size)
 
 
-__all__ = ["load_volume", "run_simulate_config", "write_simulation"]
+__all__ = ["run_simulate_config", "write_simulation"]

@@ -210,7 +210,7 @@ def worker_device(name: object, devices: Sequence[str] | None) -> torch.device:
     return torch.device(devices[index % len(devices)])
 
 
-class WorkerTaskCache(WorkerPlugin):
+class _WorkerTaskCache(WorkerPlugin):
     """Pins a worker to its device and caches the SearchTask it built last.
 
     Parameters
@@ -258,10 +258,10 @@ class WorkerTaskCache(WorkerPlugin):
             return self._task
 
 
-def search_chunk_on_worker(factory: TaskFactory, chunk: Chunk) -> SearchStatistics:
+def _search_chunk_on_worker(factory: TaskFactory, chunk: Chunk) -> SearchStatistics:
     """Search ``chunk`` on the current worker; statistics come back on the CPU."""
     cache = get_worker().plugins.get(_PLUGIN_NAME)
-    if not isinstance(cache, WorkerTaskCache):
+    if not isinstance(cache, _WorkerTaskCache):
         raise RuntimeError(
             "worker lacks the twodtm plugin; submit through DaskExecutor"
         )
@@ -328,7 +328,7 @@ class DaskExecutor(Executor):
                 scheduler_kwargs={"allowed_failures": self.max_retries},
             )
             self._client = Client(self._cluster)
-        plugin = WorkerTaskCache(self.devices, self.torch_threads)
+        plugin = _WorkerTaskCache(self.devices, self.torch_threads)
         self._client.register_plugin(plugin)
 
     def close(self) -> None:
@@ -388,7 +388,7 @@ class DaskExecutor(Executor):
         client = self.client
         pending = {
             client.submit(
-                search_chunk_on_worker,
+                _search_chunk_on_worker,
                 task,
                 chunk,
                 retries=self.max_retries,

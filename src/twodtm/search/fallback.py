@@ -25,11 +25,11 @@ __all__ = [
     "release_cached_memory",
 ]
 
-ResultT = TypeVar("ResultT")
-ChunkT = TypeVar("ChunkT")
-TaskT = TypeVar("TaskT", bound="BatchedTask")
-ProgressCallback = Callable[[int], None]
-Work = Callable[[int, ProgressCallback | None], ResultT]
+_ResultT = TypeVar("_ResultT")
+_ChunkT = TypeVar("_ChunkT")
+_TaskT = TypeVar("_TaskT", bound="BatchedTask")
+_ProgressCallback = Callable[[int], None]
+_Work = Callable[[int, _ProgressCallback | None], _ResultT]
 
 # Messages of allocation failures: CUDA caching allocator, CPU allocator, cuFFT.
 _OOM_MARKERS = ("out of memory", "can't allocate memory", "failed to allocate")
@@ -64,7 +64,7 @@ def release_cached_memory() -> None:
 class _Counter:
     """Passes progress on and counts it, so a failed attempt can be taken back."""
 
-    def __init__(self, progress: ProgressCallback | None) -> None:
+    def __init__(self, progress: _ProgressCallback | None) -> None:
         self.progress = progress
         self.total = 0
 
@@ -102,10 +102,10 @@ class BatchFallback:
 
     def run(
         self,
-        work: Work[ResultT],
+        work: _Work[_ResultT],
         batch_size: int,
-        progress: ProgressCallback | None = None,
-    ) -> ResultT:
+        progress: _ProgressCallback | None = None,
+    ) -> _ResultT:
         """Return ``work(size, progress)``, retrying with half the size on OOM.
 
         ``work`` must start from scratch on every call (as ``run_chunk`` does);
@@ -136,18 +136,18 @@ class BatchFallback:
 
     def run_chunk(
         self,
-        run_chunk: Callable[[TaskT, ChunkT, ProgressCallback | None], ResultT],
-        task: TaskT,
-        chunk: ChunkT,
-        progress: ProgressCallback | None = None,
-    ) -> ResultT:
+        run_chunk: Callable[[_TaskT, _ChunkT, _ProgressCallback | None], _ResultT],
+        task: _TaskT,
+        chunk: _ChunkT,
+        progress: _ProgressCallback | None = None,
+    ) -> _ResultT:
         """``run_chunk(task, chunk, progress)`` with the batch size falling back.
 
         ``task`` is a frozen dataclass with a ``batch_size`` field (``SearchTask``);
         copies with smaller sizes are made, ``task`` itself is not modified.
         """
 
-        def work(size: int, hook: ProgressCallback | None) -> ResultT:
+        def work(size: int, hook: _ProgressCallback | None) -> _ResultT:
             return run_chunk(dataclasses.replace(task, batch_size=size), chunk, hook)
 
         return self.run(work, task.batch_size, progress)

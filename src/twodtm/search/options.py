@@ -19,7 +19,7 @@ import torch
 from twodtm.errors import DeviceError
 from twodtm.search._filters import pair_filters
 from twodtm.search.inputs import Precision, SearchInputs
-from twodtm.search.size import (
+from twodtm.search.memory import (
     auto_batch_size,
     available_bytes,
     device_bytes,
@@ -37,6 +37,7 @@ __all__ = [
     "check_precision",
     "default_filters_per_transform",
     "default_paired",
+    "fit_template_padding",
     "resolve_run_options",
     "use_fused",
 ]
@@ -65,6 +66,11 @@ class RunRequest:
     template_padding : float
         Requested real-space oversampling of the template
         (``preprocessing.template_padding``).
+    fit_padding : bool
+        Lower ``template_padding`` where it does not fit in the device's free
+        memory (``fit_template_padding``); False where the search has fixed it
+        already for all its devices (``twodtm match`` does, so that no device
+        or resumed run searches at another padding).
     """
 
     precision: str = "fp32"
@@ -72,6 +78,7 @@ class RunRequest:
     paired: bool | Auto = "auto"
     batch_size: int | Auto = "auto"
     template_padding: float = 2.0
+    fit_padding: bool = True
 
 
 @dataclass(frozen=True)
@@ -121,7 +128,8 @@ class RunOptions:
         Orientations per engine call.
     template_padding : float
         Padding to give ``prepare_template`` (the request, or
-        ``search.size.FALLBACK_PADDING`` where the request does not fit).
+        ``search.memory.FALLBACK_PADDING`` where the request does not fit and
+        ``RunRequest.fit_padding`` is set).
     slice_size : int
         ``SearchInputs.slice_size``: the slice box capped at the padded size
         (0: the padded size).
@@ -206,6 +214,39 @@ def _engine_bytes(sizes: RunSizes, padding: float) -> tuple[int, int]:
     return other, inputs
 
 
+def fit_template_padding(sizes: RunSizes, requested: float, free_bytes: int) -> float:
+    """Choose the template padding that fits beside the engine in ``free_bytes``.
+
+    ``fitting_template_padding`` with what the engine needs besides the
+    template at the ``requested`` padding (images, norms, maps, statistics).
+
+    Parameters
+    ----------
+    sizes : RunSizes
+        The search's sizes (``padded_shape``, ``template_size`` and
+        ``n_filters`` count here).
+    requested : float
+        ``preprocessing.template_padding``.
+    free_bytes : int
+        Free memory of the device (``available_bytes``).
+
+    Returns
+    -------
+    float
+        ``requested``, or ``FALLBACK_PADDING`` where only that one fits.
+
+    Examples
+    --------
+    >>> sizes = RunSizes((64, 64), (64, 64), 64, n_filters=1, n_orientations=1)
+    >>> fit_template_padding(sizes, 2.0, 10**7)  # the 8.5 MB template fits
+    2.0
+    >>> fit_template_padding(sizes, 2.0, 5 * 10**6)  # only the 3.6 MB one does
+    1.5
+    """
+    other, _ = _engine_bytes(sizes, requested)
+    return fitting_template_padding(sizes.template_size, requested, free_bytes, other)
+
+
 def resolve_run_options(
     request: RunRequest, sizes: RunSizes, device: torch.device
 ) -> RunOptions:
@@ -226,8 +267,9 @@ def resolve_run_options(
         ``check_precision``'s precision; ``use_fused`` for an "auto" fused;
         ``default_paired`` for an "auto" pairing (fp32 only); the device's
         ``default_filters_per_transform``; a template padding that fits in the
-        free memory (``fitting_template_padding``); the slice box capped at
-        that padding's box; ``auto_batch_size`` for an "auto" batch.
+        free memory (``fit_template_padding``; the request as it is when
+        ``request.fit_padding`` is False); the slice box capped at that
+        padding's box; ``auto_batch_size`` for an "auto" batch.
 
     Raises
     ------
@@ -241,10 +283,10 @@ def resolve_run_options(
         fused = use_fused(device, n_correlations, sizes.image_shape)
     paired = default_paired(device) if request.paired == "auto" else request.paired
     free = available_bytes(device)
-    t = sizes.template_size
-    other, _ = _engine_bytes(sizes, request.template_padding)
-    padding = fitting_template_padding(t, request.template_padding, free, other)
-    p = padded_size(t, padding)
+    padding = request.template_padding
+    if request.fit_padding:
+        padding = fit_template_padding(sizes, padding, free)
+    p = padded_size(sizes.template_size, padding)
     slice_size = min(sizes.slice_box, p)
     batch = request.batch_size
     if batch == "auto":

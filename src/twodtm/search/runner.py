@@ -36,7 +36,7 @@ __all__ = [
     "start_state",
 ]
 
-logger = logging.getLogger("twodtm.search")
+_logger = logging.getLogger("twodtm.search")
 
 
 @dataclass(frozen=True)
@@ -75,7 +75,7 @@ def start_state(
     if path is not None and path.exists() and not policy.restart:
         saved = load_checkpoint(path)
         require_same_search(saved, settings, path)
-        logger.info(
+        _logger.info(
             "resuming: %d of %d chunks done", len(saved.done), len(saved.chunks)
         )
         return saved
@@ -127,7 +127,7 @@ def run_search(
     try:
         for chunk, stats in executor.map_chunks(task, state.remaining, progress):
             state = _with_chunk(state, chunk, stats)
-            logger.debug("searched orientations %d-%d", chunk.start, chunk.stop - 1)
+            _logger.debug("searched orientations %d-%d", chunk.start, chunk.stop - 1)
             if policy.path is not None and (
                 time.monotonic() - last_saved >= policy.interval_s
             ):
@@ -136,7 +136,7 @@ def run_search(
     except BaseException:
         if policy.path is not None and state.done:
             save_checkpoint(policy.path, state)
-            logger.info("checkpoint saved: %d chunks done", len(state.done))
+            _logger.info("checkpoint saved: %d chunks done", len(state.done))
         raise
     return state
 

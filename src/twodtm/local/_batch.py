@@ -25,31 +25,28 @@ from dataclasses import dataclass
 import torch
 
 from twodtm.ctf import Optics, ctf_stack
-from twodtm.local.boxes import window_mask
+from twodtm.local._boxes import window_mask
 from twodtm.search._window import window_bases, window_inverse
 from twodtm.search.inputs import SearchInputs
+from twodtm.search.memory import available_bytes
 from twodtm.search.norms import filtered_norms, parseval_weights
 from twodtm.search.projection import padded_dft, project
-from twodtm.search.size import available_bytes
 from twodtm.search.statistics import keep_max
 
 __all__ = [
-    "CPU_CHUNK_BYTES",
     "BestPose",
     "ParticleBoxes",
     "Template",
-    "WindowBest",
     "batch_inputs",
     "best_in_disk",
     "best_maps",
     "orientations_per_chunk",
     "particle_ctfs",
     "search_windows",
-    "window_correlations",
 ]
 
 # Chunk memory on the CPU: larger chunks only add cache misses to the batched FFTs.
-CPU_CHUNK_BYTES = 64 * 2**20
+_CPU_CHUNK_BYTES = 64 * 2**20
 
 
 @dataclass(frozen=True)
@@ -170,7 +167,7 @@ def batch_inputs(
     )
 
 
-def window_correlations(
+def _window_correlations(
     inputs: SearchInputs, rotations: torch.Tensor, size: int
 ) -> torch.Tensor:
     """Normalised correlations of each particle's rotations in its shift window.
@@ -214,7 +211,7 @@ def window_correlations(
 
 
 @dataclass(frozen=True)
-class WindowBest:
+class _WindowBest:
     """Per particle and window pixel, the best correlation so far and its trial.
 
     Attributes
@@ -230,8 +227,8 @@ class WindowBest:
 
 
 def _fold_best(
-    best: WindowBest | None, correlations: torch.Tensor, first_trial: int
-) -> WindowBest:
+    best: _WindowBest | None, correlations: torch.Tensor, first_trial: int
+) -> _WindowBest:
     """Fold a chunk ``(N, m, S, D, w, w)`` into the running maxima.
 
     ``first_trial`` is the trial index of the chunk's first correlation; the
@@ -240,13 +237,13 @@ def _fold_best(
     values, offsets = correlations.flatten(1, 3).max(dim=1)  # first maximum on ties
     trials = offsets + first_trial
     if best is None:
-        return WindowBest(values, trials)
-    return WindowBest(*keep_max(best.values, best.trials, values, trials))
+        return _WindowBest(values, trials)
+    return _WindowBest(*keep_max(best.values, best.trials, values, trials))
 
 
 def search_windows(
     inputs: SearchInputs, rotations: torch.Tensor, size: int, chunk: int
-) -> WindowBest:
+) -> _WindowBest:
     """Best correlation and trial at each window pixel over all local poses.
 
     Parameters
@@ -265,7 +262,7 @@ def search_windows(
     )
     best = None
     for first in range(0, int(rotations.shape[1]), chunk):
-        maps = window_correlations(inputs, rotations[:, first : first + chunk], size)
+        maps = _window_correlations(inputs, rotations[:, first : first + chunk], size)
         best = _fold_best(best, maps, first * n_filters)
     if best is None:
         raise ValueError("rotations: no orientations to search; pass at least one")
@@ -295,7 +292,7 @@ class BestPose:
 
 
 def best_in_disk(
-    best: WindowBest, max_shift: float, n_pixel: int, n_defocus: int
+    best: _WindowBest, max_shift: float, n_pixel: int, n_defocus: int
 ) -> BestPose:
     """Pick each particle's best pixel within ``max_shift`` of the window centre.
 
@@ -327,7 +324,7 @@ def best_maps(
     """
     particles = torch.arange(int(rotations.shape[0]), device=rotations.device)
     chosen = rotations[particles, pose.orientation.to(rotations.device)][:, None]
-    maps = window_correlations(inputs, chosen, size)[:, 0]
+    maps = _window_correlations(inputs, chosen, size)[:, 0]
     index = particles.to(maps.device)
     return maps[index, pose.pixel_size.to(maps.device), pose.defocus.to(maps.device)]
 
@@ -340,11 +337,11 @@ def orientations_per_chunk(
     A (particle, orientation) pair holds its projection DFT and, for one pixel
     size at a time, D products: ``(D + 1) b (b // 2 + 1)`` complex64 values (its
     windows are far smaller). The budget is a quarter of the free memory on CUDA
-    and at most ``CPU_CHUNK_BYTES`` on the CPU, where larger chunks only thrash
-    the cache (free memory from ``search.size.available_bytes``).
+    and at most ``_CPU_CHUNK_BYTES`` on the CPU, where larger chunks only thrash
+    the cache (free memory from ``search.memory.available_bytes``).
     """
     per_pair = (n_defocus + 1) * box_size * (box_size // 2 + 1) * 8
     budget = 0.25 * available_bytes(device)
     if device.type != "cuda":
-        budget = min(CPU_CHUNK_BYTES, budget)
+        budget = min(_CPU_CHUNK_BYTES, budget)
     return int(max(1, budget // (n_particles * per_pair)))

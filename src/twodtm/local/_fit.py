@@ -1,9 +1,9 @@
 """Local fits of particles: the micrograph, the template and the batched passes.
 
-Particles are refined in batches on the micrograph's device (``local.batch``):
-each batch's boxes, cut from the whitened micrograph (``local.boxes``) at one
+Particles are refined in batches on the micrograph's device (``local._batch``):
+each batch's boxes, cut from the whitened micrograph (``local._boxes``) at one
 common size, are correlated with every particle's own local orientations
-(``local.grid``), defocus values and pixel sizes through the global search's
+(``local._grid``), defocus values and pixel sizes through the global search's
 primitives. The best pixel within ``max_shift`` of each start gives the pose, and
 a parabola through the correlation map at that pose the sub-pixel position. A
 batch holds particles that need the same box, so a particle's result does not
@@ -19,7 +19,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from twodtm.ctf import Optics
-from twodtm.local.batch import (
+from twodtm.local._batch import (
     BestPose,
     ParticleBoxes,
     Template,
@@ -29,7 +29,7 @@ from twodtm.local.batch import (
     orientations_per_chunk,
     search_windows,
 )
-from twodtm.local.boxes import (
+from twodtm.local._boxes import (
     box_dfts,
     default_box_size,
     extract_boxes,
@@ -38,7 +38,7 @@ from twodtm.local.boxes import (
     whitened_real_image,
     window_radius,
 )
-from twodtm.local.grid import LocalGrid, local_orientations
+from twodtm.local._grid import LocalGrid, local_orientations
 from twodtm.orientations import euler_to_matrix
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
 from twodtm.progress import ProgressReporter, expect_work
@@ -122,13 +122,13 @@ class LocalSettings:
     max_shift : float
         Largest move of the position from the start, pixels.
     box_size : int or None
-        Box edge in pixels; None for ``local.boxes.default_box_size`` of each
+        Box edge in pixels; None for ``local._boxes.default_box_size`` of each
         particle.
     particle_batch_size : int
         Most particles searched together (one box size, batched transforms).
     orientations_per_chunk : int or None
         Orientations per particle in one chunk of a batch; None for
-        ``local.batch.orientations_per_chunk`` (the memory budget).
+        ``local._batch.orientations_per_chunk`` (the memory budget).
     iterations : int
         Passes; each after the first is centred on the last result with the
         grid's ranges and steps and the offsets halved.

@@ -1,9 +1,9 @@
 """Particle boxes: cutting, filtering and shifting them, and the window of shifts.
 
 A local search looks at particles in small boxes cut from the micrograph, over
-small rotations composed with each starting pose (``local.grid``), a few defocus
+small rotations composed with each starting pose (``local._grid``), a few defocus
 values and pixel sizes. The correlations of a batch of particles come from
-``local.batch``; this module provides the pieces that need no engine: the boxes
+``local._batch``; this module provides the pieces that need no engine: the boxes
 and their filters, the window of shifts the peak may move to, the sub-pixel peaks
 and the z-score re-normalisation.
 

@@ -9,6 +9,7 @@ import pytest
 from twodtm.evaluation import match_to_truth
 from twodtm.io.mrc import read_mrc
 from twodtm.io.tables import read_particles
+from twodtm.picking import number_of_trials
 from twodtm.programs.demo import (
     DEMO_BOX_SIZE,
     DEMO_PIXEL_SIZE,
@@ -19,7 +20,6 @@ from twodtm.programs.demo import (
     run_demo_verbose,
     run_trial,
 )
-from twodtm.programs.peaks import number_of_trials
 from twodtm.significance import threshold_for_false_positives
 from twodtm.simulate import SimulationParams, fourier_bin
 

@@ -19,12 +19,8 @@ from twodtm.io.results import (
     SearchSpaceSummary,
 )
 from twodtm.io.tables import read_particles
-from twodtm.programs.peaks import (
-    PeakSettings,
-    find_peaks,
-    pick_and_write,
-    read_peak_record,
-)
+from twodtm.picking import PeakSettings, find_peaks, read_peak_record
+from twodtm.programs.peaks import pick_and_write
 from twodtm.significance import family_pvalue, threshold_for_false_positives
 
 SHAPE = (200, 240)

@@ -27,8 +27,9 @@ from twodtm.io.results import (
     SearchSpaceSummary,
 )
 from twodtm.io.tables import read_particles, write_star_table
+from twodtm.picking import PeakSettings
 from twodtm.programs.demo import SearchSettings, run_demo
-from twodtm.programs.peaks import PeakSettings, pick_and_write
+from twodtm.programs.peaks import pick_and_write
 from twodtm.report import (
     bin_image,
     display_binning,

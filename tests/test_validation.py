@@ -9,8 +9,9 @@ import pytest
 
 from twodtm.config import Preprocessing
 from twodtm.errors import InputDataError, OutputExistsError, OutputWriteError
-from twodtm.io._repair import pad_to_cube, pad_to_even, resample_volume
-from twodtm.io.inputs import (
+from twodtm.io.mrc import MrcData, write_mrc
+from twodtm.programs._repair import pad_to_cube, pad_to_even, resample_volume
+from twodtm.programs.inputs import (
     TemplatePolicy,
     check_micrograph,
     check_output_writable,
@@ -21,7 +22,6 @@ from twodtm.io.inputs import (
     read_template,
     template_policy,
 )
-from twodtm.io.mrc import MrcData, write_mrc
 
 SIGMA = 2.5  # A
 

@@ -10,7 +10,8 @@ import typer
 from twodtm.cli.app import console
 from twodtm.errors import ConfigError
 from twodtm.io.tables import COORDINATE_LIST, COORDINATE_SUFFIX
-from twodtm.programs.peaks import PEAKS_RECORD, PeakSettings, pick_and_write
+from twodtm.picking import PEAKS_RECORD, PeakSettings
+from twodtm.programs.peaks import pick_and_write
 
 __all__ = ["register"]
 

@@ -9,7 +9,7 @@ The header's axis order (mapc, mapr, maps: the axis, 1 = x, 2 = y, 3 = z, along
 the file's columns, rows and sections) is honoured: the data are returned as
 [z, y, x] (or [y, x]) whatever order the file stores them in (MRC2014: Cheng
 et al. 2015, J. Struct. Biol. 192:146). Programs read micrographs and templates
-through ``twodtm.io.inputs``, which checks their content on top of this.
+through ``twodtm.programs.inputs``, which checks their content on top of this.
 """
 
 from __future__ import annotations

@@ -18,10 +18,10 @@ import torch
 
 from twodtm.config import MatchConfig
 from twodtm.ctf import Optics
-from twodtm.io.inputs import check_match_inputs
 from twodtm.model_template import model_template_settings
 from twodtm.orientations import orientation_grid
 from twodtm.preprocess import prepare_image, prepare_template, replace_outliers
+from twodtm.programs.inputs import check_match_inputs
 from twodtm.search.executors import SearchTask
 from twodtm.search.inputs import build_search_inputs
 from twodtm.search.memory import padded_size
@@ -83,7 +83,7 @@ def load_inputs(config: MatchConfig) -> MatchInputs:
     Raises
     ------
     InputFileError, InputDataError
-        From ``io.inputs.check_match_inputs``, the one input policy.
+        From ``programs.inputs.check_match_inputs``, the one input policy.
     """
     # An atomic-model template is simulated in memory here; run_match instead
     # caches its map in the result directory (model_template.resolve_model_template).

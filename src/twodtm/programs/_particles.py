@@ -1,7 +1,7 @@
 """Inputs and outputs of the particle programs: refine, constrained and optimize.
 
 The three programs read a micrograph, a template and a particle table, and write
-into a result directory, under the one input/output policy of ``io.inputs``. What
+into a result directory, under the one input/output policy of ``programs.inputs``. What
 is theirs alone is done here: the micrograph is whitened once for all particles
 (``local.prepare_micrograph``), the template is Fourier-transformed at its own
 voxel size (the local search scales its slices to the micrograph), and the
@@ -20,7 +20,6 @@ import torch
 
 from twodtm.config import LocalSearch, OutputConfig, Preprocessing
 from twodtm.ctf import Optics
-from twodtm.io import inputs
 from twodtm.io.tables import read_particles
 from twodtm.local import (
     LocalGrid,
@@ -33,6 +32,7 @@ from twodtm.local import (
 )
 from twodtm.model_template import ModelTemplateSettings
 from twodtm.preprocess import outlier_note
+from twodtm.programs import inputs
 
 __all__ = [
     "all_or_nothing",
@@ -72,7 +72,7 @@ def local_settings_from(
 def read_micrograph(
     path: str, optics: Optics, fields: Preprocessing, device: torch.device
 ) -> Micrograph:
-    """Read and check a 2D micrograph (``io.inputs``) and whiten it on ``device``."""
+    """Read and check a 2D micrograph (``programs.inputs``), whiten it on ``device``."""
     data = inputs.read_micrograph(path).data
     micrograph = prepare_micrograph(
         torch.from_numpy(data).to(device),
@@ -101,7 +101,7 @@ def read_template(
     pixel_size: float | None = None,
     model: ModelTemplateSettings | None = None,
 ) -> Template:
-    """Read and check a map (``io.inputs``) at its own voxel size, on ``device``.
+    """Read and check a map (``programs.inputs``) at its own voxel size, on ``device``.
 
     The voxel size is ``pixel_size``, else the config's, else the header's; an
     atomic model is simulated with ``model`` (``model_template.load_template``).

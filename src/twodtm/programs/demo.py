@@ -24,8 +24,9 @@ from twodtm.ctf import Optics
 from twodtm.evaluation import DetectionScore, match_to_truth
 from twodtm.io.mrc import read_mrc
 from twodtm.io.results import MatchResult
+from twodtm.picking import PeakSettings, pick_peaks
 from twodtm.programs.match import match_template
-from twodtm.programs.peaks import PeakSettings, pick_peaks, write_picks
+from twodtm.programs.peaks import write_picks
 from twodtm.programs.simulate import write_simulation
 from twodtm.progress import ProgressReporter, as_reporter
 from twodtm.report import write_report

@@ -20,7 +20,6 @@ import torch
 
 from twodtm.config import MatchConfig, dump_yaml
 from twodtm.devices import resolve_devices
-from twodtm.io.inputs import claim_output
 from twodtm.io.results import (
     MAP_NAMES,
     MatchMetadata,
@@ -39,6 +38,7 @@ from twodtm.programs._match_task import (
     load_inputs,
     search_settings,
 )
+from twodtm.programs.inputs import claim_output
 from twodtm.progress import ProgressReporter, as_reporter
 from twodtm.search.checkpoint import fingerprint
 from twodtm.search.executors import (

@@ -1,7 +1,7 @@
 """``twodtm simulate``: read the map, simulate a micrograph, write it with its truth.
 
 The forward model is ``twodtm.simulate``; this program reads its inputs through
-the one input policy (``twodtm.io.inputs``) and writes ``micrograph.mrc``,
+the one input policy (``twodtm.programs.inputs``) and writes ``micrograph.mrc``,
 ``template.mrc`` and ``truth.star``.
 """
 
@@ -15,9 +15,9 @@ import torch
 
 from twodtm.config import SimulateConfig
 from twodtm.errors import ConfigError
-from twodtm.io.inputs import TemplatePolicy, read_template
 from twodtm.io.mrc import write_mrc
 from twodtm.io.tables import write_star_table
+from twodtm.programs.inputs import TemplatePolicy, read_template
 from twodtm.simulate import (
     Simulation,
     SimulationParams,
@@ -65,7 +65,7 @@ def write_simulation(
 def _load_volume(config: SimulateConfig) -> torch.Tensor:
     """Load the map to simulate: ttsim3d for an atomic model, else the MRC map.
 
-    A map goes through the one template policy (``io.inputs.read_template``): it
+    A map goes through the one template policy (``programs.inputs.read_template``): it
     must be a finite, non-constant cube at the micrograph's pixel size (a header
     without one is taken to match); an odd box is padded to even.
 

@@ -21,7 +21,7 @@ from matplotlib.figure import Figure
 from twodtm.evaluation import match_to_truth, score_curve
 from twodtm.io.atomic import atomic_path, write_text_atomic
 from twodtm.io.results import MatchResult
-from twodtm.programs.peaks import PeakSettings, find_peaks
+from twodtm.picking import PeakSettings, find_peaks
 from twodtm.report._figures import (
     N_LABELS,
     defocus_figure,

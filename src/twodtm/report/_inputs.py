@@ -19,7 +19,7 @@ from twodtm.errors import InputFileError
 from twodtm.io.mrc import read_mrc
 from twodtm.io.results import MatchResult
 from twodtm.io.tables import read_particles
-from twodtm.programs.peaks import (
+from twodtm.picking import (
     PeakRecord,
     PeakSettings,
     number_of_trials,

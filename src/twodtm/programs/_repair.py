@@ -2,7 +2,7 @@
 
 Maps are ``[z, y, x]`` and centred at voxel ``t // 2`` along every axis (the
 convention of ``preprocess.prepare_template``); every repair keeps that centre.
-``io.inputs`` decides when each is allowed.
+``programs.inputs`` decides when each is allowed.
 """
 
 from __future__ import annotations

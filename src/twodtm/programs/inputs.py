@@ -1,4 +1,4 @@
-"""The one input and output policy of every program, run before any heavy work.
+"""The one input and output policy of every program (programs layer), run first.
 
 Every program reads its micrograph with ``read_micrograph``, its template with
 ``read_template`` and claims its result directory with ``claim_output``. Each
@@ -27,9 +27,9 @@ import numpy as np
 
 from twodtm.config import MatchConfig, Preprocessing
 from twodtm.errors import InputDataError, OutputExistsError, OutputWriteError
-from twodtm.io._repair import pad_to_cube, pad_to_even, resample_volume
 from twodtm.io.mrc import MrcData, read_mrc
 from twodtm.model_template import ModelTemplateSettings, load_template
+from twodtm.programs._repair import pad_to_cube, pad_to_even, resample_volume
 
 # Relative pixel-size difference the engine absorbs by scaling its Fourier slices.
 _PIXEL_SIZE_TOLERANCE = 0.01

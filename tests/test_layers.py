@@ -17,7 +17,7 @@ ROOT = Path(twodtm.__file__).parent
 # Bottom to top; a module may import from its own layer and those below.
 LAYERS: tuple[tuple[str, ...], ...] = (
     ("data", "errors", "_hostmemory", "devices", "progress"),
-    ("ctf", "orientations", "significance", "evaluation"),
+    ("ctf", "orientations", "significance", "evaluation", "masking"),
     ("preprocess",),
     ("config",),
     ("io",),

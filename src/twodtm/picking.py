@@ -2,8 +2,9 @@
 
 Noise model (Rickgauer et al. 2017, eLife 6:e25648, see ``twodtm.significance``):
 with no particle, every z-score (scaled MIP) trial is a standard normal draw.
-With ``N`` independent trials in a micrograph (pixels x correlations per pixel)
-the threshold expected to be crossed ``F`` times by noise alone is
+With ``N`` independent trials in a micrograph (pixels searched x correlations per
+pixel; pixels outside the search mask, ``twodtm.masking``, are neither picked nor
+counted) the threshold expected to be crossed ``F`` times by noise alone is
 ``sqrt(2) * erfcinv(2 F / N)``; a peak's p-value is the family-wise chance that
 noise alone reaches its z-score anywhere, ``1 - (1 - sf(z))**N``.
 
@@ -103,7 +104,7 @@ class PeakRecord:
         Trials of the search over the micrograph, correlations per pixel x
         ``n_pixels``.
     n_pixels : int
-        Pixels of the searched micrograph.
+        Pixels searched (inside the search mask; all without one).
     min_distance : float
         Smallest distance between two peaks, pixels.
     border : int
@@ -173,13 +174,19 @@ def _optional(value: Any, convert: type[float] | type[int]) -> Any:
 
 
 def _suppress_non_maxima(
-    zscore: np.ndarray, threshold: float, min_distance: float, border: int
+    zscore: np.ndarray,
+    threshold: float,
+    min_distance: float,
+    border: int,
+    searched: np.ndarray | None = None,
 ) -> np.ndarray:
     """Greedy non-maximum suppression of a z-score map.
 
-    Candidates are 3x3 local maxima at or above ``threshold`` and at least
-    ``border`` pixels from every edge; taken from the highest down, a candidate is
-    kept when no kept peak lies within ``min_distance`` pixels.
+    Candidates are 3x3 local maxima at or above ``threshold``, inside
+    ``searched`` (``(H, W)`` bool; None: everywhere) and at least ``border``
+    pixels from every edge; taken from the highest down, a candidate is kept when
+    no kept peak lies within ``min_distance`` pixels. Excluded pixels take part
+    in nothing, not even as a neighbour that hides a maximum.
 
     Returns
     -------
@@ -187,6 +194,8 @@ def _suppress_non_maxima(
         ``(n, 2)`` int64 ``(row, column)`` of the peaks, highest first.
     """
     z = np.where(np.isfinite(zscore), zscore, -np.inf)
+    if searched is not None:
+        z = np.where(searched, z, -np.inf)
     local_max = ndimage.maximum_filter(z, size=3, mode="nearest") == z
     inside = np.zeros(z.shape, dtype=bool)
     h, w = z.shape
@@ -205,8 +214,14 @@ def _suppress_non_maxima(
 
 
 def number_of_trials(result: MatchResult) -> float:
-    """Pixels x correlations per pixel of a result: the family-wise trials."""
-    return float(result.metadata.correlations_per_pixel) * float(result.zscore.size)
+    """Pixels searched x correlations per pixel: the family-wise trials.
+
+    Only the pixels inside the search mask count (all of them without one):
+    excluded pixels can never be picked, so their noise peaks are no false
+    positives.
+    """
+    searched = np.count_nonzero(result.searched)
+    return float(result.metadata.correlations_per_pixel) * float(searched)
 
 
 def _threshold(result: MatchResult, settings: PeakSettings) -> float:
@@ -247,13 +262,15 @@ def pick_peaks(
     )
     border = template_size // 2 if settings.border is None else settings.border
     threshold = _threshold(result, settings)
-    peaks = _suppress_non_maxima(result.zscore, threshold, distance, border)
+    peaks = _suppress_non_maxima(
+        result.zscore, threshold, distance, border, result.mask
+    )
     n_trials = number_of_trials(result)
     record = PeakRecord(
         settings=settings,
         threshold=threshold,
         n_trials=n_trials,
-        n_pixels=int(result.zscore.size),
+        n_pixels=int(np.count_nonzero(result.searched)),
         min_distance=float(distance),
         border=int(border),
         template_size=int(template_size),

@@ -16,6 +16,7 @@ from twodtm.cli import (
     peaks_cmd,
     refine_cmd,
     report_cmd,
+    run_cmd,
     simulate_cmd,
 )
 from twodtm.cli.app import app, main
@@ -33,6 +34,7 @@ _PROGRAMS = (
     constrained_cmd,
     simulate_cmd,
     peaks_cmd,
+    run_cmd,
     demo_cmd,
 )
 for _program in _PROGRAMS:

@@ -15,6 +15,7 @@ _EXAMPLES = {
     "refine": "refine.example.yaml",
     "optimize": "optimize.example.yaml",
     "constrained": "constrained.example.yaml",
+    "run": "run.example.yaml",
 }
 
 

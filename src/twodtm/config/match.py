@@ -15,6 +15,7 @@ from pydantic import Field, field_validator, model_validator
 from twodtm.config._base import _Strict, load_yaml, parse_config
 from twodtm.ctf import Optics
 from twodtm.errors import ConfigError
+from twodtm.masking import ExclusionSettings
 from twodtm.orientations import parse_symmetry
 from twodtm.preprocess import FilterSettings
 
@@ -269,6 +270,53 @@ class Preprocessing(_Strict):
         return self
 
 
+class Masking(_Strict):
+    """Where the micrograph is searched: a mask file and the automatic exclusion.
+
+    Excluded pixels are never picked, do not count among the trials that set the
+    false-positive threshold, and are set to the searched pixels' mean before
+    whitening (``twodtm.masking``). Lengths in Angstrom.
+    """
+
+    mask: str | None = Field(
+        None,
+        description="MRC mask of the micrograph's shape: search where non-zero "
+        "(null: everywhere)",
+    )
+    auto_exclude: bool = Field(
+        True,
+        description="exclude carbon, contamination and their edges found from "
+        "local statistics at low resolution (excludes nothing on a clean "
+        "micrograph, which then searches as without it)",
+    )
+    resolution: float = Field(
+        20.0, gt=0, description="pixel size of the local statistics, A"
+    )
+    window: float | None = Field(
+        None, gt=0, description="side of the local window, A (null: template box)"
+    )
+    max_deviation: float = Field(
+        6.0,
+        ge=3.0,
+        description="robust sigmas (median/MAD over the micrograph) of a window's "
+        "median or deviation beyond which it is excluded, either side",
+    )
+    dilation: float | None = Field(
+        None,
+        ge=0,
+        description="growth of the excluded region, A (null: the template radius)",
+    )
+
+    def exclusion_settings(self) -> ExclusionSettings:
+        """Return the automatic exclusion's settings as a plain value object."""
+        return ExclusionSettings(
+            resolution=self.resolution,
+            window=self.window,
+            max_deviation=self.max_deviation,
+            dilation=self.dilation,
+        )
+
+
 class Compute(_Strict):
     """Where and in what pieces the search runs."""
 
@@ -339,6 +387,7 @@ class MatchConfig(_Strict):
     pixel_size_search: PixelSizeSearch = PixelSizeSearch()
     orientation_search: OrientationSearch = OrientationSearch()
     preprocessing: Preprocessing = Preprocessing()
+    masking: Masking = Masking()
     compute: Compute = Compute()
     output: OutputConfig = OutputConfig()
 
@@ -364,10 +413,14 @@ class MatchConfig(_Strict):
     def with_paths_relative_to(self, base: str | os.PathLike[str]) -> MatchConfig:
         """Return a copy whose relative input paths are resolved against ``base``."""
         root = Path(base)
-        fields = {}
+        fields: dict[str, object] = {}
         for name in ("micrograph", "template"):
             path = Path(getattr(self, name))
             fields[name] = str(path if path.is_absolute() else root / path)
+        if self.masking.mask is not None:
+            mask = Path(self.masking.mask)
+            resolved = str(mask if mask.is_absolute() else root / mask)
+            fields["masking"] = self.masking.model_copy(update={"mask": resolved})
         return self.model_copy(update=fields)
 
 
@@ -380,6 +433,7 @@ def load_match_config(path: str | os.PathLike[str]) -> MatchConfig:
 __all__ = [
     "Compute",
     "DefocusSearch",
+    "Masking",
     "MatchConfig",
     "ModelTemplate",
     "OpticsConfig",

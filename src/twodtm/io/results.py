@@ -1,13 +1,16 @@
 """The result of ``twodtm match``: its maps and a typed record of how they were made.
 
-A result directory holds one MRC file per map (``MAP_NAMES``) and ``result.json``,
-the ``MatchMetadata`` record plus the micrograph pixel size. This module is the one
-place that writes and reads ``result.json`` (``MatchMetadata.to_json`` and
-``MatchMetadata.from_json``); programs read the record's attributes.
+A result directory holds one MRC file per map (``MAP_NAMES``), ``mask.mrc`` (1
+where searched, 0 where excluded) when a search mask was in force, and
+``result.json``, the ``MatchMetadata`` record plus the micrograph pixel size.
+This module is the one place that writes and reads ``result.json``
+(``MatchMetadata.to_json`` and ``MatchMetadata.from_json``); programs read the
+record's attributes.
 
 Files written by earlier versions load: fields they did not write take the
-defaults documented on ``MatchMetadata`` (``template_size`` None, ``replaced_pixels``
-0, run time NaN); a missing required field raises ``InputFileError`` naming it.
+defaults documented on ``MatchMetadata`` (``template_size`` None,
+``replaced_pixels`` and ``excluded_pixels`` 0, run time NaN); a missing required
+field raises ``InputFileError`` naming it.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from twodtm.io.mrc import read_mrc, write_mrc
 
 __all__ = [
     "MAP_NAMES",
+    "MASK_NAME",
     "MatchMetadata",
     "MatchResult",
     "RunRecord",
@@ -47,6 +51,9 @@ MAP_NAMES = (
     "mean",
     "std",
 )
+
+MASK_NAME = "mask"
+"""Map of the search mask (``mask.mrc``: 1 searched, 0 excluded), when one was used."""
 
 _T = TypeVar("_T")
 
@@ -185,6 +192,9 @@ class MatchMetadata:
         the template's MRC header instead).
     replaced_pixels : int
         Outlier pixels replaced before the search (default 0: not recorded).
+    excluded_pixels : int
+        Pixels left out of the search by the mask file and the automatic
+        exclusion (default 0: none, or not recorded by older versions).
     program : str
         The program that wrote the result.
 
@@ -212,6 +222,7 @@ class MatchMetadata:
     config_yaml: str = ""
     template_size: int | None = None
     replaced_pixels: int = 0
+    excluded_pixels: int = 0
     program: str = "match"
 
     def __post_init__(self) -> None:
@@ -247,13 +258,23 @@ class MatchMetadata:
 
     @property
     def n_pixels(self) -> int:
-        """Pixels searched, ``H * W``."""
+        """Pixels of the micrograph, ``H * W``."""
         return self.image_shape[0] * self.image_shape[1]
 
     @property
+    def searched_pixels(self) -> int:
+        """Pixels searched: ``n_pixels`` less the excluded ones."""
+        return self.n_pixels - self.excluded_pixels
+
+    @property
+    def excluded_fraction(self) -> float:
+        """Share of the micrograph left out of the search, 0..1."""
+        return self.excluded_pixels / max(self.n_pixels, 1)
+
+    @property
     def total_correlations(self) -> int:
-        """Trials over the micrograph: the family-wise number behind the p-values."""
-        return self.correlations_per_pixel * self.n_pixels
+        """Trials over the searched pixels: the family-wise number of the p-values."""
+        return self.correlations_per_pixel * self.searched_pixels
 
     @property
     def correlations_per_second(self) -> float:
@@ -276,6 +297,8 @@ class MatchMetadata:
             "versions": dict(self.run.versions),
             "template_size": self.template_size,
             "replaced_pixels": self.replaced_pixels,
+            "excluded_pixels": self.excluded_pixels,
+            "excluded_fraction": self.excluded_fraction,
         }
 
     @classmethod
@@ -320,6 +343,7 @@ class MatchMetadata:
             config_yaml=str(doc.get("config_yaml", "")),
             template_size=None if size is None else int(size),
             replaced_pixels=int(doc.get("replaced_pixels", 0)),
+            excluded_pixels=int(doc.get("excluded_pixels", 0)),
             program=str(doc.get("program", "match")),
         )
 
@@ -339,11 +363,22 @@ class MatchResult:
         Micrograph pixel size, A.
     metadata : MatchMetadata
         The config, search-space size, run time, devices and versions.
+    mask : np.ndarray or None
+        ``(H, W)`` bool search mask, True where searched (None: everywhere);
+        its False pixels are ``metadata.excluded_pixels``.
     """
 
     maps: dict[str, np.ndarray]
     pixel_size: float
     metadata: MatchMetadata
+    mask: np.ndarray | None = None
+
+    @property
+    def searched(self) -> np.ndarray:
+        """``(H, W)`` bool, True where the micrograph was searched."""
+        if self.mask is None:
+            return np.ones(self.maps["zscore"].shape, dtype=bool)
+        return np.asarray(self.mask, dtype=bool)
 
     def __getattr__(self, name: str) -> np.ndarray:
         maps = self.__dict__.get("maps", {})
@@ -363,6 +398,12 @@ class MatchResult:
         (out / "result.json").unlink(missing_ok=True)
         for name in MAP_NAMES:
             write_mrc(out / f"{name}.mrc", self.maps[name], self.pixel_size)
+        mask_file = out / f"{MASK_NAME}.mrc"
+        if self.mask is None:
+            mask_file.unlink(missing_ok=True)  # an older result's
+        else:
+            searched = np.asarray(self.mask, dtype=np.float32)
+            write_mrc(mask_file, searched, self.pixel_size)
         doc = {**self.metadata.to_json(), "pixel_size": self.pixel_size}
         write_text_atomic(out / "result.json", json.dumps(doc, indent=2))
         return out
@@ -394,4 +435,7 @@ class MatchResult:
         except _MissingFieldError as err:
             raise InputFileError(f"{meta_file}: {err}; run the search again") from None
         maps = {name: read_mrc(root / f"{name}.mrc").data for name in MAP_NAMES}
-        return cls(maps=maps, pixel_size=pixel_size, metadata=metadata)
+        mask = None
+        if metadata.excluded_pixels:
+            mask = read_mrc(root / f"{MASK_NAME}.mrc").data != 0
+        return cls(maps=maps, pixel_size=pixel_size, metadata=metadata, mask=mask)

@@ -21,6 +21,8 @@ in ``particles.star``). ``tests/test_relion.py`` checks this with RELION itself.
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path, PurePath
 
 import numpy as np
@@ -54,10 +56,12 @@ COORDINATE_LIST = "coordinates.star"
 __all__ = [
     "COORDINATE_LIST",
     "COORDINATE_SUFFIX",
+    "OpticsGroup",
     "coordinate_file_name",
     "read_particles",
     "write_coordinates",
     "write_csv_table",
+    "write_particle_set",
     "write_particles",
     "write_star_table",
 ]
@@ -81,15 +85,39 @@ def _with_defocus_columns(table: pd.DataFrame, optics: Optics | None) -> pd.Data
     return df
 
 
-def _optics_block(optics: Optics) -> pd.DataFrame:
+@dataclass(frozen=True)
+class OpticsGroup:
+    """One row of a RELION ``data_optics`` block.
+
+    Attributes
+    ----------
+    number : int
+        ``rlnOpticsGroup`` (1, 2, ...), what each particle's row refers to.
+    name : str
+        ``rlnOpticsGroupName``.
+    optics : Optics
+        Pixel size, voltage, Cs and amplitude contrast of the group.
+    """
+
+    number: int
+    name: str
+    optics: Optics
+
+
+def _optics_block(optics: Optics | Sequence[OpticsGroup]) -> pd.DataFrame:
+    groups = (
+        [OpticsGroup(1, "opticsGroup1", optics)]
+        if isinstance(optics, Optics)
+        else list(optics)
+    )
     return pd.DataFrame(
         {
-            "rlnOpticsGroupName": ["opticsGroup1"],
-            "rlnOpticsGroup": [1],
-            "rlnMicrographPixelSize": [optics.pixel_size],
-            "rlnVoltage": [optics.voltage],
-            "rlnSphericalAberration": [optics.spherical_aberration],
-            "rlnAmplitudeContrast": [optics.amplitude_contrast],
+            "rlnOpticsGroupName": [g.name for g in groups],
+            "rlnOpticsGroup": [g.number for g in groups],
+            "rlnMicrographPixelSize": [g.optics.pixel_size for g in groups],
+            "rlnVoltage": [g.optics.voltage for g in groups],
+            "rlnSphericalAberration": [g.optics.spherical_aberration for g in groups],
+            "rlnAmplitudeContrast": [g.optics.amplitude_contrast for g in groups],
         }
     )
 
@@ -186,6 +214,71 @@ def write_particles(
     star = write_star_table(full, out / "particles.star", micrograph_name, optics)
     csv = write_csv_table(full, out / "particles.csv")
     return star, csv
+
+
+def write_particle_set(
+    table: pd.DataFrame,
+    path: str | os.PathLike[str],
+    groups: Sequence[OpticsGroup],
+) -> Path:
+    """Write the particles of many micrographs as one RELION 3.1+ STAR, atomically.
+
+    ``data_optics`` holds one row per group, ``data_particles`` every particle with
+    ``rlnMicrographName``, ``rlnOpticsGroup`` and the RELION columns the table has
+    (coordinates, angles, defocus U/V/angle, z-score as figure of merit): what
+    RELION's particle extraction with re-extraction of a particles STAR reads.
+
+    Parameters
+    ----------
+    table : pandas.DataFrame
+        Plain columns, each row with ``micrograph`` (the name in RELION's
+        micrographs STAR), ``optics_group`` (a ``number`` of ``groups``) and
+        ``defocus_u``, ``defocus_v`` and ``defocus_angle`` (or a mean ``defocus``,
+        taken as without astigmatism).
+    path : path
+        The STAR file.
+    groups : sequence of OpticsGroup
+        The optics groups, each ``number`` once.
+
+    Raises
+    ------
+    ValueError
+        A particle refers to a group that ``groups`` lacks.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from twodtm.ctf import Optics
+    >>> def optics(pixel, kv):
+    ...     return Optics(pixel_size=pixel, voltage=kv, defocus_u=1e4, defocus_v=1e4)
+    >>> groups = [OpticsGroup(1, "g300", optics(1.0, 300.0)),
+    ...           OpticsGroup(2, "g200", optics(1.2, 200.0))]
+    >>> table = pd.DataFrame(
+    ...     {"x": [1.0, 2.0], "y": [3.0, 4.0], "defocus": [9000.0, 9500.0],
+    ...      "micrograph": ["a.mrc", "b.mrc"], "optics_group": [1, 2]}
+    ... )
+    >>> with tempfile.TemporaryDirectory() as tmp:
+    ...     path = write_particle_set(table, Path(tmp) / "p.star", groups)
+    ...     star = starfile.read(path)
+    >>> star["optics"]["rlnVoltage"].tolist()
+    [300.0, 200.0]
+    >>> star["particles"]["rlnOpticsGroup"].tolist()
+    [1, 2]
+    >>> star["particles"]["rlnDefocusU"].tolist()
+    [9000.0, 9500.0]
+    """
+    numbers = {g.number for g in groups}
+    if len(numbers) != len(groups):
+        raise ValueError("optics group numbers repeat; give each group once")
+    unknown = sorted(set(table["optics_group"].astype(int)) - numbers)
+    if unknown:
+        raise ValueError(f"particles refer to optics groups {unknown} not given")
+    relion = _to_relion(table)
+    relion["rlnOpticsGroup"] = table["optics_group"].astype(int).to_numpy()
+    blocks = {"optics": _optics_block(groups), "particles": relion}
+    with atomic_path(path) as tmp:
+        starfile.write(blocks, tmp, overwrite=True)
+    return Path(path)
 
 
 def coordinate_file_name(micrograph_name: str, suffix: str = COORDINATE_SUFFIX) -> str:

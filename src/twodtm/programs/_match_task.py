@@ -1,6 +1,7 @@
 """The inputs and engine task of ``twodtm match``, and what fixes its result.
 
-``load_inputs`` reads and checks the micrograph and template once,
+``load_inputs`` reads and checks the micrograph and template once (and the
+search mask: a mask file and the automatic exclusion, ``twodtm.masking``),
 ``build_search_space`` makes the orientations x pixel sizes x defocus offsets,
 ``prepare_task`` (and ``MatchTaskFactory``, which Dask workers call) builds the
 engine on a device, ``search_settings`` lists what determines the result bits (a
@@ -10,6 +11,7 @@ checkpoint's fingerprint), and ``decode_maps`` turns the statistics into maps.
 from __future__ import annotations
 
 import hashlib
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -18,10 +20,11 @@ import torch
 
 from twodtm.config import MatchConfig
 from twodtm.ctf import Optics
+from twodtm.masking import auto_exclusion, fill_excluded, searched_fraction
 from twodtm.model_template import model_template_settings
 from twodtm.orientations import orientation_grid
 from twodtm.preprocess import prepare_image, prepare_template, replace_outliers
-from twodtm.programs.inputs import check_match_inputs
+from twodtm.programs.inputs import check_match_inputs, read_mask
 from twodtm.search.executors import SearchTask
 from twodtm.search.inputs import build_search_inputs
 from twodtm.search.memory import padded_size
@@ -67,7 +70,10 @@ class MatchInputs:
 
     ``micrograph`` has its outliers replaced already (``replaced_pixels`` of them,
     ``preprocess.replace_outliers``), once on the host, so that every worker
-    searches the same image and the count reaches the result.
+    searches the same image and the count reaches the result. ``searched`` is
+    the ``(H, W)`` bool search mask (None: everywhere), from the mask file and
+    the automatic exclusion; where it is False the micrograph holds the
+    searched pixels' mean already (``masking.fill_excluded``).
     """
 
     micrograph: np.ndarray
@@ -75,6 +81,40 @@ class MatchInputs:
     optics: Optics
     template_pixel_size: float
     replaced_pixels: int = 0
+    searched: np.ndarray | None = None
+
+    @property
+    def excluded_pixels(self) -> int:
+        """Pixels left out of the search (0 without a mask)."""
+        if self.searched is None:
+            return 0
+        return int(self.searched.size - np.count_nonzero(self.searched))
+
+
+def _search_mask(
+    config: MatchConfig, micrograph: np.ndarray, template_size: int
+) -> np.ndarray | None:
+    """Combine the mask file with the automatic exclusion (None: search all).
+
+    The exclusion is computed on the micrograph before whitening (outliers
+    replaced, so that one hot pixel is not a local-mean outlier).
+    """
+    masking = config.masking
+    shape = (int(micrograph.shape[0]), int(micrograph.shape[1]))
+    searched = np.ones(shape, dtype=bool)
+    if masking.mask is not None:
+        searched = read_mask(masking.mask, shape)
+    if masking.auto_exclude:
+        excluded = auto_exclusion(
+            micrograph,
+            config.optics.pixel_size,
+            template_size,
+            masking.exclusion_settings(),
+        )
+        searched = searched & ~excluded
+    if searched.all():
+        return None
+    return searched
 
 
 def load_inputs(config: MatchConfig) -> MatchInputs:
@@ -93,12 +133,16 @@ def load_inputs(config: MatchConfig) -> MatchInputs:
     if sigma is not None:
         cleaned, replaced = replace_outliers(torch.from_numpy(micrograph), sigma)
         micrograph = cleaned.numpy()
+    searched = _search_mask(config, micrograph, int(checked.template.shape[-1]))
+    if searched is not None:
+        micrograph = fill_excluded(micrograph, searched)
     return MatchInputs(
         micrograph=micrograph,
         template=checked.template,
         optics=config.optics.to_optics(),
         template_pixel_size=checked.template_pixel_size,
         replaced_pixels=replaced,
+        searched=searched,
     )
 
 
@@ -172,6 +216,12 @@ def prepare_task(
         replace(config.preprocessing.filter_settings(), outlier_sigma=None),
         config.preprocessing.pad_to_fft_friendly,
     )
+    if inputs.searched is not None:
+        # Excluded pixels are flat (load_inputs filled them) and hold no noise:
+        # the noise density prepare_image measured per pixel is that of the
+        # searched ones times their share; rescale it to 1 over the searched.
+        share = math.sqrt(searched_fraction(inputs.searched))
+        image = replace(image, whitened_dft=image.whitened_dft * share)
     template = torch.from_numpy(inputs.template).to(device)
     t = int(template.shape[-1])
     padding = config.preprocessing.template_padding
@@ -231,10 +281,12 @@ def search_settings(config: MatchConfig, inputs: MatchInputs) -> dict[str, Any]:
     """Everything that determines the result bits: a checkpoint must match them.
 
     The config without input paths, output and run-only compute settings, plus
-    SHA-256 digests of the micrograph and template arrays. Give it the config
-    with the template padding the search runs at (``match_template`` fixes it).
+    SHA-256 digests of the micrograph and template arrays, and of the search
+    mask where one is in force (the masking settings act only through it, so an
+    unmasked search keeps its fingerprint). Give it the config with the template
+    padding the search runs at (``match_template`` fixes it).
     """
-    paths = {"micrograph", "template", "output"}
+    paths = {"micrograph", "template", "output", "masking"}
     settings = config.model_dump(mode="json", exclude=paths)
     settings["compute"] = {
         k: v for k, v in settings["compute"].items() if k not in _RUN_ONLY
@@ -243,4 +295,7 @@ def search_settings(config: MatchConfig, inputs: MatchInputs) -> dict[str, Any]:
         array = np.ascontiguousarray(getattr(inputs, name))
         digest = hashlib.sha256(array.tobytes()).hexdigest()
         settings[f"{name}_sha256"] = f"{digest}:{array.dtype}:{list(array.shape)}"
+    if inputs.searched is not None:
+        packed = np.packbits(inputs.searched).tobytes()
+        settings["mask_sha256"] = hashlib.sha256(packed).hexdigest()
     return settings

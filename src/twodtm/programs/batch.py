@@ -39,10 +39,12 @@ __all__ = [
     "MicrographEntry",
     "MissingCtfWarning",
     "list_micrographs",
+    "max_zscore",
     "micrograph_config",
     "read_star_micrographs",
     "result_directories",
     "run_batch",
+    "write_summary",
 ]
 
 SUMMARY_NAME = "summary.csv"
@@ -83,10 +85,25 @@ class MicrographEntry:
         The MRC image.
     optics : Mapping[str, float]
         Optics fields that replace the config's for this micrograph (from STAR).
+    name : str
+        ``rlnMicrographName`` as the STAR file writes it (empty for a glob): the
+        name RELION matches particles to micrographs by.
+    optics_group : int or None
+        ``rlnOpticsGroup`` of the micrograph (None: a glob or RELION 3.0 STAR).
+    optics_group_name : str or None
+        ``rlnOpticsGroupName`` of that group, where the STAR gives one.
     """
 
     path: Path
     optics: Mapping[str, float] = field(default_factory=dict)
+    name: str = ""
+    optics_group: int | None = None
+    optics_group_name: str | None = None
+
+    @property
+    def relion_name(self) -> str:
+        """The name to write as ``rlnMicrographName``: the STAR's, else the path."""
+        return self.name or str(self.path)
 
 
 def _star_blocks(path: Path) -> dict[str, Any]:
@@ -107,6 +124,39 @@ def _optics_by_group(blocks: Mapping[str, Any]) -> dict[str, dict[str, float]]:
                 }
                 groups[str(row["rlnOpticsGroup"])] = values
     return groups
+
+
+def _group_names(blocks: Mapping[str, Any]) -> dict[str, str]:
+    names: dict[str, str] = {}
+    for table in blocks.values():
+        columns = set(table.columns)
+        if {"rlnOpticsGroup", "rlnOpticsGroupName"} <= columns and (
+            "rlnMicrographName" not in columns
+        ):
+            for row in table.to_dict("records"):
+                names[str(row["rlnOpticsGroup"])] = str(row["rlnOpticsGroupName"])
+    return names
+
+
+def _entry(
+    row: Mapping[str, Any],
+    star: Path,
+    groups: Mapping[str, Mapping[str, float]],
+    names: Mapping[str, str],
+) -> MicrographEntry:
+    """Read the micrograph of one row of a micrographs table, its optics and group."""
+    group = str(row.get("rlnOpticsGroup", ""))
+    optics = dict(groups.get(group, {}))
+    columns = {**_MICROGRAPH_COLUMNS, **_OPTICS_COLUMNS}
+    optics.update({f: float(row[c]) for c, f in columns.items() if c in row})
+    name = str(row["rlnMicrographName"])
+    return MicrographEntry(
+        _resolve(name, star),
+        optics,
+        name,
+        int(row["rlnOpticsGroup"]) if group else None,
+        names.get(group),
+    )
 
 
 def _resolve(name: str, star: Path) -> Path:
@@ -178,16 +228,8 @@ def read_star_micrographs(
             "(e.g. CtfFind/jobNNN/micrographs_ctf.star)"
         )
     _check_ctf_columns(list(tables[0].columns), star, use_config_ctf)
-    groups = _optics_by_group(blocks)
-    entries = []
-    for row in tables[0].to_dict("records"):
-        optics = dict(groups.get(str(row.get("rlnOpticsGroup", "")), {}))
-        columns = {**_MICROGRAPH_COLUMNS, **_OPTICS_COLUMNS}
-        optics.update({f: float(row[c]) for c, f in columns.items() if c in row})
-        entries.append(
-            MicrographEntry(_resolve(str(row["rlnMicrographName"]), star), optics)
-        )
-    return entries
+    groups, names = _optics_by_group(blocks), _group_names(blocks)
+    return [_entry(row, star, groups, names) for row in tables[0].to_dict("records")]
 
 
 def list_micrographs(spec: str, use_config_ctf: bool = False) -> list[MicrographEntry]:
@@ -212,9 +254,24 @@ def list_micrographs(spec: str, use_config_ctf: bool = False) -> list[Micrograph
     return entries
 
 
-def micrograph_config(config: MatchConfig, entry: MicrographEntry) -> MatchConfig:
-    """``config`` with the micrograph and optics of ``entry`` (validated again)."""
-    data = config.model_dump(mode="json")
+def micrograph_config(
+    config: MatchConfig | Mapping[str, Any], entry: MicrographEntry
+) -> MatchConfig:
+    """``config`` with the micrograph and optics of ``entry`` (validated again).
+
+    ``config`` may be the mapping of a match config whose optics are only partly
+    given (``RunConfig.match_data``): the STAR's values complete them.
+
+    Raises
+    ------
+    ConfigError
+        The micrograph's optics are incomplete or invalid (naming the micrograph).
+    """
+    data = (
+        config.model_dump(mode="json")
+        if isinstance(config, MatchConfig)
+        else dict(config)
+    )
     data["micrograph"] = str(entry.path)
     data["optics"] = {**data["optics"], **entry.optics}
     return parse_config(MatchConfig, data, str(entry.path))
@@ -232,7 +289,8 @@ def result_directories(entries: Sequence[MicrographEntry], output: Path) -> list
     return [output / s for s in stems]
 
 
-def _max_zscore(directory: Path) -> float:
+def max_zscore(directory: Path) -> float:
+    """Return the largest z-score of a result's ``zscore.mrc`` (NaN: none)."""
     zscore = directory / "zscore.mrc"
     return float(np.max(read_mrc(zscore).data)) if zscore.exists() else math.nan
 
@@ -247,16 +305,20 @@ def _row(
         "status": status,
         "defocus_u": optics["defocus_u"],
         "defocus_v": optics["defocus_v"],
-        "max_zscore": _max_zscore(directory) if status != "failed" else math.nan,
+        "max_zscore": max_zscore(directory) if status != "failed" else math.nan,
         "run_time_s": math.nan,
         "message": "",
     }
 
 
-def _write_summary(path: Path, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Write the batch table as CSV, atomically."""
+def write_summary(
+    path: Path,
+    rows: Sequence[Mapping[str, Any]],
+    columns: Sequence[str] = _SUMMARY_COLUMNS,
+) -> None:
+    """Write a table of micrographs (one dict per row) as CSV, atomically."""
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=_SUMMARY_COLUMNS, lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
     write_text_atomic(path, buffer.getvalue())
@@ -325,5 +387,5 @@ def run_batch(
                 rows.append(
                     _search_one(config, entry, directory, options | {"label": label})
                 )
-            _write_summary(root / SUMMARY_NAME, rows)
+            write_summary(root / SUMMARY_NAME, rows)
     return rows

@@ -278,6 +278,53 @@ def read_micrograph(path: str | os.PathLike[str]) -> MrcData:
     return MrcData(check_micrograph(mrc.data, str(path)), mrc.pixel_size)
 
 
+def read_mask(path: str | os.PathLike[str], shape: tuple[int, int]) -> np.ndarray:
+    """Read a search mask: an MRC image of the micrograph's shape, non-zero = search.
+
+    Parameters
+    ----------
+    path : str or PathLike
+        MRC file (2D, or 3D with one section).
+    shape : tuple of int
+        ``(H, W)`` of the micrograph it masks.
+
+    Returns
+    -------
+    np.ndarray
+        ``(H, W)`` bool, True where the micrograph is searched.
+
+    Raises
+    ------
+    InputFileError
+        The file is missing, truncated or not an MRC file.
+    InputDataError
+        Another shape, NaN/Inf values, or nothing left to search; the message
+        names the file.
+    """
+    data = read_mrc(path).data
+    if data.ndim == 3 and data.shape[0] == 1:
+        data = data[0]
+    if tuple(data.shape) != tuple(shape):
+        raise InputDataError(
+            f"{path}: the mask has shape {data.shape}, the micrograph {tuple(shape)}; "
+            "give a mask of the micrograph's shape (rows, columns), non-zero where "
+            "it is searched."
+        )
+    finite = np.isfinite(data)
+    if not finite.all():
+        bad = int(data.size - np.count_nonzero(finite))
+        raise InputDataError(
+            f"{path}: {bad} NaN or Inf values in the mask; write 0 (exclude) or 1."
+        )
+    searched = data != 0
+    if not searched.any():
+        raise InputDataError(
+            f"{path}: the mask is zero everywhere, so nothing would be searched; "
+            "non-zero marks the pixels to search."
+        )
+    return searched
+
+
 def read_template(
     path: str | os.PathLike[str],
     policy: TemplatePolicy,
@@ -435,6 +482,7 @@ __all__ = [
     "check_signal",
     "check_template",
     "claim_output",
+    "read_mask",
     "read_micrograph",
     "read_template",
     "template_policy",

@@ -22,6 +22,7 @@ from twodtm.config import MatchConfig, dump_yaml
 from twodtm.devices import resolve_devices
 from twodtm.io.results import (
     MAP_NAMES,
+    MASK_NAME,
     MatchMetadata,
     MatchResult,
     RunRecord,
@@ -181,6 +182,8 @@ def match_template(
                     config.preprocessing.outlier_sigma,
                 )
             )
+        if inputs.searched is not None:
+            reporter.note(_mask_note(label, config, inputs))
         compute = config.compute
         check_size(size, compute.max_hours, compute.confirm_long_run)
         space = build_search_space(config)
@@ -209,6 +212,22 @@ def match_template(
         maps=decode_maps(stats, space, inputs.optics),
         pixel_size=inputs.optics.pixel_size,
         metadata=_metadata(config, space, stats, inputs, elapsed, _describe(executor)),
+        mask=inputs.searched,
+    )
+
+
+def _mask_note(label: str, config: MatchConfig, inputs: MatchInputs) -> str:
+    """One log line: how much of the micrograph is left out, and by what."""
+    sources = []
+    if config.masking.mask is not None:
+        sources.append(f"mask {config.masking.mask}")
+    if config.masking.auto_exclude:
+        sources.append("automatic exclusion of carbon, contamination and edges")
+    excluded, total = inputs.excluded_pixels, inputs.micrograph.size
+    return (
+        f"{label}: {excluded:,} of {total:,} pixels ({excluded / total:.1%}) left "
+        f"out of the search ({'; '.join(sources)}); never picked, not counted in "
+        "the trials"
     )
 
 
@@ -237,6 +256,7 @@ def _metadata(
         config_yaml=dump_yaml(config),
         template_size=int(inputs.template.shape[-1]),
         replaced_pixels=int(inputs.replaced_pixels),
+        excluded_pixels=inputs.excluded_pixels,
     )
 
 
@@ -291,6 +311,6 @@ def _save_result(result: MatchResult, directory: Path) -> None:
     try:
         result.save(directory)
     except BaseException:
-        for name in MAP_NAMES:
+        for name in (*MAP_NAMES, MASK_NAME):
             (directory / f"{name}.mrc").unlink(missing_ok=True)
         raise

@@ -22,6 +22,11 @@ from twodtm.evaluation import match_to_truth, score_curve
 from twodtm.io.atomic import atomic_path, write_text_atomic
 from twodtm.io.results import MatchResult
 from twodtm.picking import PeakSettings, find_peaks
+from twodtm.report._dataset import (
+    read_zscore_histogram,
+    write_dataset_report,
+    write_zscore_histogram,
+)
 from twodtm.report._figures import (
     N_LABELS,
     defocus_figure,
@@ -52,8 +57,11 @@ __all__ = [
     "bin_image",
     "display_binning",
     "noise_counts",
+    "read_zscore_histogram",
     "stretch_contrast",
+    "write_dataset_report",
     "write_report",
+    "write_zscore_histogram",
 ]
 
 
@@ -69,15 +77,25 @@ def _core_pictures(
     threshold: float,
 ) -> list[Picture]:
     """Micrograph with particles, z-score map, MIP, histogram, defocus."""
+    excluded = None if result.mask is None else ~result.searched
     fig, drawn = particle_figure(
-        image, particles, radius, f"{len(particles)} particles, labelled by z-score"
+        image,
+        particles,
+        radius,
+        f"{len(particles)} particles, labelled by z-score",
+        excluded=excluded,
+    )
+    shaded = (
+        ""
+        if excluded is None
+        else f" Shaded red: the {float(excluded.mean()):.1%} left out of the search."
     )
     pictures = [
         _picture(
             "micrograph.png",
             "Picked particles",
             f"Circles of radius {radius:.0f} px (half the template box); the "
-            f"{min(N_LABELS, len(particles))} highest z-scores are written.",
+            f"{min(N_LABELS, len(particles))} highest z-scores are written.{shaded}",
             fig,
             **drawn,
         ),
@@ -105,12 +123,14 @@ def _statistics_pictures(
 ) -> list[Picture]:
     """Draw the z-score histogram and, with particles, their defocus."""
     per_pixel = result.metadata.correlations_per_pixel
-    fig, counts = histogram_figure(result.maps["zscore"], per_pixel, threshold)
+    searched = result.maps["zscore"][result.searched]
+    fig, counts = histogram_figure(searched, per_pixel, threshold)
     pictures = [
         _picture(
             "histogram.png",
             "z-score histogram",
-            "Pixels per z-score bin on a log scale. The dashed curve is what pure "
+            "Pixels searched per z-score bin on a log scale. The dashed curve is "
+            "what pure "
             "Gaussian noise would give (each pixel the maximum of its correlations, "
             "taken as independent); particles form the tail on the right.",
             fig,
@@ -201,6 +221,7 @@ def _summary_rows(
             f"{per_pixel:,} correlations per pixel",
         ),
         ("correlation values", f"{per_pixel * n_pixels:.3g}"),
+        ("excluded from the search", _excluded_row(result)),
         ("run time", f"{seconds:.1f} s on {', '.join(meta.run.devices) or '?'}"),
         (
             "throughput",
@@ -213,6 +234,22 @@ def _summary_rows(
     if versions:
         rows.append(("versions", ", ".join(f"{k} {v}" for k, v in versions.items())))
     return rows
+
+
+def _excluded_row(result: MatchResult) -> str:
+    """Describe the share left out of the search and what excluded it."""
+    meta = result.metadata
+    masking = meta.config.get("masking", {})
+    sources = []
+    if masking.get("mask"):
+        sources.append(f"mask {masking['mask']}")
+    if masking.get("auto_exclude"):
+        sources.append("automatic exclusion")
+    how = f" ({', '.join(sources)})" if sources else ""
+    return (
+        f"{meta.excluded_fraction:.1%} ({meta.excluded_pixels:,} of "
+        f"{meta.n_pixels:,} px){how}"
+    )
 
 
 def _write_png(directory: Path, picture: Picture) -> None:
@@ -261,6 +298,7 @@ def write_report(
         "threshold": threshold,
         "threshold_source": picks.threshold_source,
         "particles_source": picks.source,
+        "excluded_fraction": result.metadata.excluded_fraction,
     }
     if truth_table is not None:
         extra, record["truth"] = _truth_pictures(

@@ -59,16 +59,39 @@ def _outlined(fontsize: float) -> dict[str, Any]:
     }
 
 
-def micrograph_axes(image: np.ndarray, title: str) -> tuple[Figure, Axes]:
-    """Show the contrast-stretched ``(H, W)`` micrograph in grey on a new figure."""
+def micrograph_axes(
+    image: np.ndarray, title: str, excluded: np.ndarray | None = None
+) -> tuple[Figure, Axes]:
+    """Show the contrast-stretched ``(H, W)`` micrograph in grey on a new figure.
+
+    ``excluded`` (``(H, W)`` bool, True where left out of the search) is drawn
+    as a translucent red overlay with its outline, tagged ``gid="excluded"``.
+    """
     factor = display_binning(image.shape)
     fig = new_figure(*image_size(image.shape))
     ax = fig.add_subplot()
     imshow_pixels(
         ax, stretch_contrast(bin_image(image, factor)), factor, image.shape, cmap="gray"
     )
+    if excluded is not None and excluded.any():
+        _draw_excluded(ax, excluded, factor)
     ax.set_title(title)
     return fig, ax
+
+
+def _draw_excluded(ax: Axes, excluded: np.ndarray, factor: int) -> None:
+    """Overlay the excluded region: red at 35 % opacity, outlined at half cover."""
+    cover = bin_image(np.asarray(excluded, dtype=np.float32), factor)
+    rgba = np.zeros((*cover.shape, 4), dtype=np.float32)
+    rgba[..., 0] = 0.9
+    rgba[..., 3] = 0.35 * cover
+    overlay = imshow_pixels(ax, rgba, factor, excluded.shape)
+    overlay.set_gid("excluded")
+    h, w = cover.shape
+    x = (np.arange(w) + 0.5) * factor - 0.5
+    y = (np.arange(h) + 0.5) * factor - 0.5
+    if min(h, w) >= 2 and float(cover.min()) < 0.5 < float(cover.max()):
+        ax.contour(x, y, cover, levels=[0.5], colors="#ff4136", linewidths=1.0)
 
 
 def _drawn_circles(ax: Axes, gid: str) -> list[dict[str, float]]:
@@ -129,6 +152,7 @@ def particle_figure(
     radius: float,
     title: str,
     n_labels: int = N_LABELS,
+    excluded: np.ndarray | None = None,
 ) -> tuple[Figure, dict[str, Any]]:
     """Draw the micrograph with each picked particle circled and the best labelled.
 
@@ -144,20 +168,24 @@ def particle_figure(
         Figure title.
     n_labels : int
         How many of the highest z-scores are written beside their circles.
+    excluded : np.ndarray, optional
+        ``(H, W)`` bool, True where left out of the search: drawn translucent red.
 
     Returns
     -------
     Figure, dict
         The figure, and what it shows: ``circles`` (``x``, ``y``, ``radius`` read
-        back from the figure, in the table's row order) and ``labelled`` rows.
+        back from the figure, in the table's row order), ``labelled`` rows and
+        ``excluded_fraction`` (the share of the micrograph drawn as excluded).
     """
-    fig, ax = micrograph_axes(image, title)
+    fig, ax = micrograph_axes(image, title, excluded)
     xy = particles[["x", "y"]].to_numpy(dtype=float).reshape(-1, 2)
     circles = draw_circles(
         ax, xy[:, 0], xy[:, 1], radius, "particle", edgecolor=_CIRCLE, linewidth=1.2
     )
     labelled = label_top(ax, particles, radius, n_labels)
-    return fig, {"circles": circles, "labelled": labelled}
+    shown = 0.0 if excluded is None else float(np.mean(excluded))
+    return fig, {"circles": circles, "labelled": labelled, "excluded_fraction": shown}
 
 
 def map_figure(image: np.ndarray, title: str, unit: str, cmap: str = "magma") -> Figure:

@@ -22,6 +22,7 @@ import starfile
 import yaml
 from typer.testing import CliRunner
 
+from twodtm import model_template
 from twodtm.cli import app
 from twodtm.cli.config_cmd import example_text
 from twodtm.config import RunConfig, dump_yaml, parse_config
@@ -318,3 +319,38 @@ def test_relion_reads_the_combined_star(dataset, first_run, tmp_path):
     copy = starfile.read(tmp_path / "copy.star", always_dict=True)
     assert len(copy["particles"]) == len(first_run.particles)
     assert sorted(copy["optics"]["rlnOpticsGroup"]) == [1, 2]
+
+
+def test_a_model_template_is_simulated_once_per_optics_not_per_micrograph(
+    dataset, tmp_path, monkeypatch
+):
+    pdb = tmp_path / "model.pdb"
+    atom = "ATOM  {:5d}  CA  GLY A{:4d}    {:8.3f}{:8.3f}{:8.3f}  1.00  0.00"
+    lines = [atom.format(1, 1, 0.0, 0.0, 0.0), atom.format(2, 2, 30.0, 4.0, -5.0)]
+    pdb.write_text("\n".join(f"{line}           C" for line in lines) + "\nEND\n")
+    volume = demo_volume()[0].numpy()
+    calls: list[float] = []
+
+    def fake(path, settings, box):
+        calls.append(settings.voltage)
+        return volume
+
+    monkeypatch.setattr(model_template, "simulate_model", fake)
+    config = _config(dataset, "run_model").model_copy(update={"template": str(pdb)})
+    preprocessing = config.preprocessing.model_copy(
+        update={
+            "model_template": config.preprocessing.model_template.model_copy(
+                update={"box_size": 64}
+            )
+        }
+    )
+    outcome = run_dataset(config.model_copy(update={"preprocessing": preprocessing}))
+    # Three micrographs in two optics groups (300 and 200 kV): two maps, made in
+    # the run's folder and shared, where each micrograph simulated its own before.
+    assert sorted(calls) == [200.0, 300.0]
+    maps = sorted((dataset / "run_model" / "model-templates").glob("*.mrc"))
+    assert len(maps) == 2
+    assert [r["status"] for r in outcome.rows] == ["done", "done", "failed"]
+    for name in ("mic0", "mic1"):
+        used = json.loads((dataset / "run_model" / name / "result.json").read_text())
+        assert Path(used["config"]["template"]).parent == maps[0].parent

@@ -20,10 +20,10 @@ from twodtm.orientations import parse_symmetry
 from twodtm.preprocess import FilterSettings
 
 # Plausibility limits of user input (pixel sizes in A, values per range search).
-MIN_PIXEL_SIZE = 0.05
-MAX_PIXEL_SIZE = 50.0
-MAX_RANGE_VALUES = 10_000
-MAX_ORIENTATIONS = 100_000_000
+_MIN_PIXEL_SIZE = 0.05
+_MAX_PIXEL_SIZE = 50.0
+_MAX_RANGE_VALUES = 10_000
+_MAX_ORIENTATIONS = 100_000_000
 _SPHERE_DEG2 = 41_252.96  # area of the unit sphere in square degrees
 
 
@@ -45,10 +45,10 @@ class OpticsConfig(_Strict):
     @field_validator("pixel_size")
     @classmethod
     def _plausible_pixel_size(cls, value: float) -> float:
-        if not MIN_PIXEL_SIZE <= value <= MAX_PIXEL_SIZE:
+        if not _MIN_PIXEL_SIZE <= value <= _MAX_PIXEL_SIZE:
             raise ValueError(
-                f"{value} A is outside {MIN_PIXEL_SIZE}..{MAX_PIXEL_SIZE} A; give the "
-                "pixel size in Angstrom (1 nm = 10 A)"
+                f"{value} A is outside {_MIN_PIXEL_SIZE}..{_MAX_PIXEL_SIZE} A; give "
+                "the pixel size in Angstrom (1 nm = 10 A)"
             )
         return value
 
@@ -100,10 +100,10 @@ class RangeSearch(_Strict):
                     f"max ({self.max}) is below min ({self.min}); swap them"
                 )
             count = (self.max - self.min) / self.step + 1
-            if count > MAX_RANGE_VALUES:
+            if count > _MAX_RANGE_VALUES:
                 raise ValueError(
                     f"step {self.step} gives {count:.3g} values; use a coarser step "
-                    f"(at most {MAX_RANGE_VALUES} values)"
+                    f"(at most {_MAX_RANGE_VALUES} values)"
                 )
         return self
 
@@ -163,10 +163,10 @@ class OrientationSearch(_Strict):
         # Full-sphere estimate; symmetry only shrinks it.
         views = _SPHERE_DEG2 / self.out_of_plane_step**2
         count = views * 360.0 / self.in_plane_step
-        if count > MAX_ORIENTATIONS:
+        if count > _MAX_ORIENTATIONS:
             raise ValueError(
                 f"steps of {self.out_of_plane_step} and {self.in_plane_step} deg give "
-                f"about {count:.3g} orientations (at most {MAX_ORIENTATIONS:.0e}); "
+                f"about {count:.3g} orientations (at most {_MAX_ORIENTATIONS:.0e}); "
                 "use coarser steps"
             )
         return self

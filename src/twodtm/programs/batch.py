@@ -30,12 +30,14 @@ from twodtm.config import MatchConfig, parse_config
 from twodtm.errors import ConfigError, InputDataError, InputFileError
 from twodtm.io.atomic import write_text_atomic
 from twodtm.io.mrc import read_mrc
+from twodtm.model_template import resolve_model_template
 from twodtm.programs.match import executor_for, run_match
 from twodtm.progress import ProgressReporter
 from twodtm.search.executors import Executor
 
 __all__ = [
     "SUMMARY_NAME",
+    "TEMPLATES",
     "MicrographEntry",
     "MissingCtfWarning",
     "list_micrographs",
@@ -47,6 +49,8 @@ __all__ = [
     "write_summary",
 ]
 
+TEMPLATES = "model-templates"
+"""Folder of the job's output where atomic-model templates are simulated, once."""
 SUMMARY_NAME = "summary.csv"
 _SUMMARY_COLUMNS = (
     "micrograph",
@@ -333,6 +337,8 @@ def _search_one(
     started = time.perf_counter()
     try:
         mic_config = micrograph_config(config, entry)
+        # One map per model and pixel size for the whole job, not one per micrograph
+        mic_config = resolve_model_template(mic_config, directory.parent / TEMPLATES)
         run_match(mic_config, directory, **options)
     except (InputFileError, InputDataError, ConfigError) as err:
         row = _row(entry, config, directory, "failed")

@@ -57,8 +57,8 @@ __all__ = [
     "time_engine",
 ]
 
-DEFOCUS_STEP = 200.0  # Angstrom between defocus filters
-PIXEL_SIZE = 1.0  # Angstrom
+_DEFOCUS_STEP = 200.0  # Angstrom between defocus filters
+_PIXEL_SIZE = 1.0  # Angstrom
 
 
 def _synchronize(device: torch.device) -> None:
@@ -115,14 +115,14 @@ class _Synthetic:
         image = torch.randn(image_shape, generator=generator).to(device)
         volume = _synthetic_volume(template_size, generator).to(device)
         prepared = prepare_image(
-            image, PIXEL_SIZE, FilterSettings(), pad_to_fft_friendly=True
+            image, _PIXEL_SIZE, FilterSettings(), pad_to_fft_friendly=True
         )
         return cls(prepared, volume, *filters)
 
     def build(self, template_padding: float, slice_size: int) -> SearchInputs:
         """Engine tensors at this template padding and slice box."""
         n_defocus, n_pixel = self.n_defocus, self.n_pixel_sizes
-        offsets = DEFOCUS_STEP * (
+        offsets = _DEFOCUS_STEP * (
             torch.arange(n_defocus, dtype=torch.float64) - n_defocus // 2
         )
         pixel_offsets = 0.01 * (
@@ -131,9 +131,9 @@ class _Synthetic:
         space = SearchSpace(
             euler_angles=torch.zeros((1, 3), dtype=torch.float64),
             defocus_offsets=offsets,
-            pixel_sizes=PIXEL_SIZE + pixel_offsets,
+            pixel_sizes=_PIXEL_SIZE + pixel_offsets,
         )
-        optics = Optics(pixel_size=PIXEL_SIZE, defocus_u=12000.0, defocus_v=11800.0)
+        optics = Optics(pixel_size=_PIXEL_SIZE, defocus_u=12000.0, defocus_v=11800.0)
         template = prepare_template(self.volume, template_padding)
         size = int(self.volume.shape[-1])
         return build_search_inputs(

@@ -69,7 +69,7 @@ __all__ = [
     "run_match",
 ]
 
-ProgressHook = Callable[[int, int], None]
+_ProgressHook = Callable[[int, int], None]
 CHECKPOINT_NAME = "match.checkpoint"
 _VERSIONED = (
     "twodtm",
@@ -116,7 +116,7 @@ def _plan(config: MatchConfig, space: SearchSpace, executor: Executor) -> list[C
 
 def match_template(
     config: MatchConfig,
-    progress: ProgressReporter | ProgressHook | None = None,
+    progress: ProgressReporter | _ProgressHook | None = None,
     *,
     executor: Executor | None = None,
     checkpoint: CheckpointPolicy | None = None,

@@ -27,6 +27,7 @@ import pandas as pd
 from twodtm.config import MatchConfig, RunConfig, dump_yaml
 from twodtm.errors import TwodtmError
 from twodtm.io.tables import OpticsGroup, write_csv_table, write_particle_set
+from twodtm.model_template import resolve_model_template
 from twodtm.picking import PeakSettings
 from twodtm.programs._run_outputs import (
     RUN_COLUMNS,
@@ -46,6 +47,7 @@ from twodtm.programs._run_stages import (
 )
 from twodtm.programs.batch import (
     SUMMARY_NAME,
+    TEMPLATES,
     MicrographEntry,
     list_micrographs,
     micrograph_config,
@@ -144,10 +146,15 @@ def _stage_runner(
     refine = ctx.config.refine
     name = row["micrograph"]
 
+    def template_config() -> MatchConfig:
+        # An atomic model is simulated once per pixel size for the whole dataset
+        # (cached by content in the run's TEMPLATES folder), not per micrograph.
+        return resolve_model_template(mic, directory.parent / TEMPLATES)
+
     def run(stage: str) -> str:
         if stage == "match":
             return match_stage(
-                mic,
+                template_config(),
                 directory,
                 executor,
                 ctx.reporter,
@@ -160,7 +167,7 @@ def _stage_runner(
         if refine is None:
             return "off"
         return refine_stage(
-            mic, directory, refine, name, ctx.reporter, f"refine {label}"
+            template_config(), directory, refine, name, ctx.reporter, f"refine {label}"
         )
 
     return run

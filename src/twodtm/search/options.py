@@ -46,7 +46,7 @@ __all__ = [
 # statistics kernel (~20-40 s on 2 CPU cores) costs more than it saves.
 FUSED_MIN_WORK = 2e9
 
-Auto = Literal["auto"]
+_Auto = Literal["auto"]
 
 
 @dataclass(frozen=True)
@@ -74,9 +74,9 @@ class RunRequest:
     """
 
     precision: str = "fp32"
-    fused: bool | Auto = "auto"
-    paired: bool | Auto = "auto"
-    batch_size: int | Auto = "auto"
+    fused: bool | _Auto = "auto"
+    paired: bool | _Auto = "auto"
+    batch_size: int | _Auto = "auto"
     template_padding: float = 2.0
     fit_padding: bool = True
 

@@ -560,8 +560,13 @@ class _Stopped:
     cpu_s: float
 
 
-def _interrupt(args: list[str], started, env: dict | None = None) -> _Stopped:
-    """Run ``twodtm *args``, SIGINT it once ``started(line)``; measure its end."""
+def _interrupt(
+    args: list[str],
+    started,
+    env: dict | None = None,
+    sig: signal.Signals = signal.SIGINT,
+) -> _Stopped:
+    """Run ``twodtm *args``, signal it once ``started(line)``; measure its end."""
     process = subprocess.Popen(
         [sys.executable, "-c", _RUNNER, *args],
         stdout=subprocess.DEVNULL,
@@ -574,7 +579,7 @@ def _interrupt(args: list[str], started, env: dict | None = None) -> _Stopped:
         lines.wait_for(lambda line: started(line, process.pid), _PHASE_LIMIT_S)
         cpu_before = _cpu_seconds(process.pid)
         sent = time.monotonic()
-        process.send_signal(signal.SIGINT)
+        process.send_signal(sig)
         while True:
             pid, status, usage = os.wait4(process.pid, os.WNOHANG)
             if pid:
@@ -591,11 +596,13 @@ def _interrupt(args: list[str], started, env: dict | None = None) -> _Stopped:
     return _Stopped(process.returncode, lines.text(), wall, cpu)
 
 
-def _assert_quick_clean_exit(stopped: _Stopped, record_property) -> None:
+def _assert_quick_clean_exit(
+    stopped: _Stopped, record_property, status: int = 130
+) -> None:
     record_property("exit_wall_s", round(stopped.wall_s, 3))
     record_property("exit_cpu_s", round(stopped.cpu_s, 3))
-    print(f"exit after SIGINT: {stopped.wall_s:.2f} s wall, {stopped.cpu_s:.2f} s CPU")
-    assert stopped.returncode == 130, stopped.stderr
+    print(f"exit after signal: {stopped.wall_s:.2f} s wall, {stopped.cpu_s:.2f} s CPU")
+    assert stopped.returncode == status, stopped.stderr
     assert "interrupted" in stopped.stderr
     assert "Traceback" not in stopped.stderr
     assert stopped.cpu_s < _CPU_LIMIT_S, stopped
@@ -650,6 +657,22 @@ def test_ctrl_c_leaves_no_partial_result(tmp_path, phase, record_property):
         assert len(saved.done) >= 2
         assert saved.statistics.count == 4 * len(saved.done)
         assert "stopped at" in stopped.stderr
+
+
+def test_sigterm_saves_the_checkpoint_like_ctrl_c(tmp_path, record_property):
+    """``scancel`` / a SLURM time limit send SIGTERM: the chunks done are kept."""
+    config = _slow_match(tmp_path)
+    stopped = _interrupt(
+        ["match", str(config), "--no-report"], _PHASES["search"], sig=signal.SIGTERM
+    )
+    _assert_quick_clean_exit(stopped, record_property, status=143)
+    left = _leftovers(tmp_path / "result")
+    assert "result.json" not in left
+    assert not [n for n in left if n.endswith((".tmp", ".mrc"))]
+    saved = load_checkpoint(tmp_path / "result" / CHECKPOINT_NAME)
+    assert len(saved.done) >= 2
+    assert saved.statistics.count == 4 * len(saved.done)
+    assert "stopped at" in stopped.stderr
 
 
 @pytest.mark.slow

@@ -29,6 +29,7 @@ __all__ = [
     "BAD_INPUT",
     "FAILED",
     "INTERRUPTED",
+    "TERMINATED",
     "app",
     "console",
     "main",
@@ -38,13 +39,14 @@ __all__ = [
 BAD_INPUT = 2
 FAILED = 1
 INTERRUPTED = 130
+TERMINATED = 143  # 128 + SIGTERM, as a shell reports a process ended by it
 _MEMORY_ADVICE = (
     "lower compute.batch_size, search fewer defocus or pixel-size values, or use a "
     "device with more memory"
 )
 _INTERRUPTED_TEXT = (
-    "interrupted (Ctrl-C); outputs are written atomically, so every file present "
-    "is complete."
+    "interrupted (Ctrl-C or SIGTERM); outputs are written atomically, so every "
+    "file present is complete."
 )
 
 app = typer.Typer(
@@ -142,36 +144,54 @@ def _run_app() -> int:
 
 
 class _Interrupts:
-    """Counts SIGINTs (Ctrl-C); each still raises KeyboardInterrupt."""
+    """Counts SIGINTs (Ctrl-C) and SIGTERMs; each raises KeyboardInterrupt.
+
+    SIGTERM is what ``scancel``, a SLURM time limit (before its SIGKILL) and
+    ``kill`` send: handled like Ctrl-C, the search saves its checkpoint and
+    removes partial outputs on the way out instead of dying mid-write.
+    """
 
     def __init__(self) -> None:
         self.received = 0
+        self.terminated = False
 
     def __call__(self, signum: int, frame: FrameType | None) -> None:
         self.received += 1
+        self.terminated = self.terminated or signum == signal.SIGTERM
         raise KeyboardInterrupt
+
+    @property
+    def status(self) -> int:
+        """Exit status of a run these signals ended."""
+        return TERMINATED if self.terminated else INTERRUPTED
+
+
+# Handled where their handler is still the default one: a SIGINT ignored by the
+# parent (``nohup``, a background job) stays ignored.
+_DEFAULT_HANDLERS = {
+    signal.SIGINT: signal.default_int_handler,
+    signal.SIGTERM: signal.SIG_DFL,
+}
 
 
 @contextlib.contextmanager
 def _counting_interrupts() -> Iterator[_Interrupts]:
-    """Count SIGINTs inside the block, where Python's own handler is installed.
-
-    A SIGINT ignored by the parent (``nohup``, a background job) stays ignored.
-    """
+    """Count SIGINTs and SIGTERMs inside the block (see ``_Interrupts``)."""
     interrupts = _Interrupts()
+    replaced = {}
     try:
-        previous = signal.getsignal(signal.SIGINT)
-        if previous is not signal.default_int_handler:
-            yield interrupts
-            return
-        signal.signal(signal.SIGINT, interrupts)
+        for signum, default in _DEFAULT_HANDLERS.items():
+            previous = signal.getsignal(signum)
+            if previous is default:
+                signal.signal(signum, interrupts)
+                replaced[signum] = previous
     except ValueError:  # not the main thread: signals are not ours to handle
-        yield interrupts
-        return
+        pass
     try:
         yield interrupts
     finally:
-        signal.signal(signal.SIGINT, previous)
+        for signum, previous in replaced.items():
+            signal.signal(signum, previous)
 
 
 def _exit_now(status: int) -> None:
@@ -193,7 +213,8 @@ def main() -> None:
     """Entry point: run the app; bad input ends as one red line, never a traceback.
 
     Exit status: 2 for a ``TwodtmError`` or an invalid value, 1 for an operating
-    system error (disk full, permission), 130 when interrupted with Ctrl-C. Warnings
+    system error (disk full, permission), 130 when interrupted with Ctrl-C, 143 with
+    SIGTERM (``scancel``; the checkpoint is saved as for Ctrl-C). Warnings
     (e.g. a reduced batch size) are printed as one yellow line each. A run ended by
     a real SIGINT leaves the process at once (``_exit_now``).
     """
@@ -204,8 +225,8 @@ def main() -> None:
                 status = _run_app()
         except SystemExit as exit_:
             if exit_.code == INTERRUPTED and interrupts.received:
-                _exit_now(INTERRUPTED)
+                _exit_now(interrupts.status)
             raise
     if status == INTERRUPTED and interrupts.received:
-        _exit_now(status)
+        _exit_now(interrupts.status)
     raise SystemExit(status)

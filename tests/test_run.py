@@ -319,6 +319,42 @@ def test_relion_reads_the_combined_star(dataset, first_run, tmp_path):
     copy = starfile.read(tmp_path / "copy.star", always_dict=True)
     assert len(copy["particles"]) == len(first_run.particles)
     assert sorted(copy["optics"]["rlnOpticsGroup"]) == [1, 2]
+    # RELION 3.1's extraction of the whole dataset from the coordinate tree: every
+    # particle of each finished micrograph, in its optics group.
+    extracted = tmp_path / "extracted.star"
+    done = subprocess.run(
+        [
+            "relion_preprocess",
+            "--i",
+            "micrographs_ctf.star",
+            "--coord_dir",
+            str(out / "coordinates") + "/",
+            "--coord_suffix",
+            "_twodtm.star",
+            "--extract",
+            "--extract_size",
+            "64",
+            "--part_star",
+            str(extracted),
+            "--part_dir",
+            str(tmp_path / "Extract") + "/",
+        ],
+        cwd=dataset,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    blocks = starfile.read(extracted, always_dict=True)
+    counts = blocks["particles"].groupby("rlnMicrographName").size().to_dict()
+    expected = first_run.particles.groupby("micrograph").size().to_dict()
+    assert counts == expected
+    groups = blocks["particles"].groupby("rlnMicrographName")["rlnOpticsGroup"]
+    assert groups.first().to_dict() == {
+        "Micrographs/mic0.mrc": 1,
+        "Micrographs/mic1.mrc": 2,
+    }
 
 
 def test_a_model_template_is_simulated_once_per_optics_not_per_micrograph(

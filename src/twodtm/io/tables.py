@@ -21,6 +21,7 @@ in ``particles.star``). ``tests/test_relion.py`` checks this with RELION itself.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePath
@@ -64,6 +65,7 @@ __all__ = [
     "write_particle_set",
     "write_particles",
     "write_star_table",
+    "relion_coordinate_path",
 ]
 
 
@@ -295,6 +297,29 @@ def coordinate_file_name(micrograph_name: str, suffix: str = COORDINATE_SUFFIX) 
     'mic_001_twodtm.star'
     """
     return f"{PurePath(micrograph_name).stem}_{suffix}.star"
+
+
+def relion_coordinate_path(
+    micrograph_name: str, suffix: str = COORDINATE_SUFFIX
+) -> PurePath:
+    """Where RELION 3.1's extraction looks for a micrograph's coordinates.
+
+    ``relion_preprocess --coord_dir D --coord_suffix _<suffix>.star`` reads
+    micrograph ``M/mic.mrc`` from ``D/M/mic_<suffix>.star``, dropping a leading
+    ``<Job>/jobNNN/`` of the micrograph's path; this is that path below ``D``.
+
+    Examples
+    --------
+    >>> str(relion_coordinate_path("MotionCorr/job002/Movies/mic_001.mrc"))
+    'Movies/mic_001_twodtm.star'
+    >>> str(relion_coordinate_path("Micrographs/mic0.mrc"))
+    'Micrographs/mic0_twodtm.star'
+    """
+    parts = PurePath(micrograph_name).parts
+    if len(parts) > 2 and re.fullmatch(r"job\d+", parts[1]):
+        parts = parts[2:]
+    folder = PurePath(*parts[:-1]) if len(parts) > 1 else PurePath()
+    return folder / coordinate_file_name(micrograph_name, suffix)
 
 
 def _to_relion_coordinates(table: pd.DataFrame) -> pd.DataFrame:

@@ -20,7 +20,12 @@ import starfile
 
 from twodtm.config import MatchConfig
 from twodtm.io.atomic import atomic_path
-from twodtm.io.tables import COORDINATE_LIST, OpticsGroup, coordinate_file_name
+from twodtm.io.tables import (
+    COORDINATE_LIST,
+    OpticsGroup,
+    coordinate_file_name,
+    relion_coordinate_path,
+)
 from twodtm.programs._run_stages import REFINED_DIRECTORY
 from twodtm.programs.batch import MicrographEntry
 
@@ -30,7 +35,9 @@ __all__ = [
     "optics_groups",
     "pending_row",
     "previous_rows",
+    "COORDINATE_TREE",
     "write_coordinate_list",
+    "write_coordinate_tree",
 ]
 
 RUN_COLUMNS = (
@@ -175,3 +182,33 @@ def write_coordinate_list(
     with atomic_path(target) as tmp:
         starfile.write({"coordinate_files": listing}, tmp, overwrite=True)
     return target
+
+
+COORDINATE_TREE = "coordinates"
+"""Folder of ``<output>`` laid out for RELION 3.1's ``--coord_dir``."""
+
+
+def write_coordinate_tree(
+    root: Path, rows: Sequence[Mapping[str, Any]], refined: bool
+) -> Path:
+    """Every finished micrograph's coordinate file where RELION 3.1 looks for it.
+
+    ``relion_preprocess --i micrographs_ctf.star --coord_dir <root>/coordinates/
+    --coord_suffix _twodtm.star --extract`` then extracts the whole dataset (RELION
+    3.1 has no ``--coord_list``; see ``io.tables.relion_coordinate_path``).
+    """
+    tree = root / COORDINATE_TREE
+    for r in rows:
+        if r["status"] != "done":
+            continue
+        folder = (
+            Path(r["directory"]) / REFINED_DIRECTORY
+            if refined
+            else Path(r["directory"])
+        )
+        source = folder / coordinate_file_name(r["micrograph"])
+        target = tree / relion_coordinate_path(r["micrograph"])
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(source.read_bytes())
+    return tree

@@ -36,6 +36,7 @@ from twodtm.programs._run_outputs import (
     pending_row,
     previous_rows,
     write_coordinate_list,
+    write_coordinate_tree,
 )
 from twodtm.programs._run_stages import (
     STAGES,
@@ -242,6 +243,7 @@ def _write_outputs(
     write_particle_set(particles, root / "particles.star", kept)
     write_csv_table(particles, root / "particles.csv")
     write_coordinate_list(root, rows, config.refine is not None)
+    write_coordinate_tree(root, rows, config.refine is not None)
     write_dataset_report(root, rows, particles, len(kept), dump_yaml(config))
     return particles, kept
 

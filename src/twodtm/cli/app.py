@@ -45,8 +45,8 @@ _MEMORY_ADVICE = (
     "device with more memory"
 )
 _INTERRUPTED_TEXT = (
-    "interrupted (Ctrl-C or SIGTERM); outputs are written atomically, so every "
-    "file present is complete."
+    "interrupted (Ctrl-C) or terminated (SIGTERM); outputs are written "
+    "atomically, so every file present is complete."
 )
 
 app = typer.Typer(

@@ -21,7 +21,6 @@ from twodtm.errors import InputFileError
 from twodtm.io.results import MatchResult
 from twodtm.io.tables import read_particles, write_coordinates, write_particles
 from twodtm.local import refine_particles
-from twodtm.model_template import resolve_model_template
 from twodtm.picking import PEAKS_RECORD, PeakSettings, pick_peaks
 from twodtm.programs._particles import (
     all_or_nothing,
@@ -124,12 +123,15 @@ def refine_stage(
     progress: ProgressReporter,
     label: str,
 ) -> str:
-    """Refine the picks of ``directory`` into ``directory/refined``."""
+    """Refine the picks of ``directory`` into ``directory/refined``.
+
+    ``config`` names the template map the search used (an atomic model resolved
+    already, once for the dataset, by ``programs.run``).
+    """
     particles = read_particle_table(str(directory / "particles.csv"))
     optics = config.optics.to_optics()
     refined = particles
     if len(particles):
-        config = resolve_model_template(config, directory)  # the map match used
         device = resolve_devices(stage.compute.device)[0]
         fields = config.preprocessing
         micrograph = read_micrograph(config.micrograph, optics, fields, device)

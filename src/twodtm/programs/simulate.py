@@ -17,6 +17,7 @@ from twodtm.config import SimulateConfig
 from twodtm.errors import ConfigError
 from twodtm.io.mrc import write_mrc
 from twodtm.io.tables import write_star_table
+from twodtm.model_template import is_atomic_model
 from twodtm.programs.inputs import TemplatePolicy, read_template
 from twodtm.simulate import (
     Simulation,
@@ -25,9 +26,6 @@ from twodtm.simulate import (
     map_from_model,
     simulate_micrograph,
 )
-
-# ttsim3d reads these (gzipped too); model_template._MODEL_SUFFIXES lists fewer.
-_MODEL_SUFFIXES = (".pdb", ".cif", ".mmcif", ".ent", ".pdb.gz", ".cif.gz")
 
 
 def write_simulation(
@@ -78,7 +76,7 @@ def _load_volume(config: SimulateConfig) -> torch.Tensor:
     """
     path = Path(config.template)
     pixel_size = config.optics.pixel_size
-    if path.name.lower().endswith(_MODEL_SUFFIXES):
+    if is_atomic_model(path):
         if config.box_size is None:
             raise ConfigError(
                 f"{path}: simulating an atomic model needs a box size; pass --box-size "

@@ -11,7 +11,7 @@ unit-variance correlations, far from float16 overflow.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -19,7 +19,7 @@ from twodtm.search._filters import mirrored_half
 from twodtm.search.clock import StageClock, timed
 from twodtm.search.inputs import SearchInputs
 
-__all__ = ["Workspace", "transform_orientation", "workspace"]
+__all__ = ["Workspace", "slot", "transform_orientation", "workspace"]
 
 
 @dataclass(frozen=True)
@@ -32,14 +32,15 @@ class Workspace:
         ``(G, H, W // 2 + 1)`` unpaired filtered images times the projection's
         conjugate DFT, G = ``SearchInputs.transform_group`` filters at a time.
     maps : torch.Tensor
-        ``(D - 2 D2, H, W)`` inverse real transforms of the unpaired products.
+        ``(G (D - 2 D2), H, W)`` inverse real transforms of the unpaired
+        products of G orientations (``slot`` g holds orientation g's).
     template : torch.Tensor
         ``(H, W)`` conjugate projection DFT on the full grid (pairs only).
     pair_product : torch.Tensor
         ``(H, W)`` one pair's filtered image times ``template``.
     pair_maps : torch.Tensor
-        ``(D2, H, W)`` complex inverse transforms: pair j's two maps are the real
-        and imaginary parts of ``pair_maps[j]``.
+        ``(G D2, H, W)`` complex inverse transforms: pair j of slot g has its two
+        maps as the real and imaginary parts of ``pair_maps[g D2 + j]``.
     spectrum, dft : torch.Tensor
         ``(1, H, W // 2 + 1)`` buffers of ``padded_dft`` (spectrum zero outside
         the projection's rows).
@@ -60,8 +61,13 @@ class Workspace:
     mirror_index: torch.Tensor
 
 
-def workspace(inputs: SearchInputs) -> Workspace:
-    """Allocate the buffers for ``inputs`` (half precision when it is fp16)."""
+def workspace(inputs: SearchInputs, orientations: int = 1) -> Workspace:
+    """Allocate the buffers for ``inputs`` (half precision when it is fp16).
+
+    ``orientations`` is the number G of orientations whose maps the workspace
+    holds at once (``slot`` selects one), so that they are folded into the
+    statistics together.
+    """
     singles, pairs = int(inputs.filtered_image.shape[1]), inputs.n_pairs
     g = min(inputs.transform_group, singles)
     h, w = inputs.image_shape
@@ -81,17 +87,29 @@ def workspace(inputs: SearchInputs) -> Workspace:
             device=device,
         ),
         maps=torch.empty(
-            (singles, h, w),
+            (orientations * singles, h, w),
             dtype=torch.float16 if half else torch.float32,
             device=device,
         ),
         template=torch.empty(full, dtype=torch.complex64, device=device),
         pair_product=torch.empty(full, dtype=torch.complex64, device=device),
-        pair_maps=torch.empty((pairs, h, w), dtype=torch.complex64, device=device),
+        pair_maps=torch.empty(
+            (orientations * pairs, h, w), dtype=torch.complex64, device=device
+        ),
         spectrum=torch.zeros(rfft_grid, dtype=torch.complex64, device=device),
         dft=torch.empty(rfft_grid, dtype=torch.complex64, device=device),
         mirror=torch.empty(mirror_index.shape, dtype=torch.complex64, device=device),
         mirror_index=mirror_index,
+    )
+
+
+def slot(space: Workspace, inputs: SearchInputs, index: int) -> Workspace:
+    """Return the workspace of orientation ``index`` of a group (shared scratch)."""
+    singles, pairs = int(inputs.filtered_image.shape[1]), inputs.n_pairs
+    return replace(
+        space,
+        maps=space.maps[index * singles : (index + 1) * singles],
+        pair_maps=space.pair_maps[index * pairs : (index + 1) * pairs],
     )
 
 

@@ -17,9 +17,15 @@ from __future__ import annotations
 
 import torch
 
-from twodtm.search._transforms import Workspace, transform_orientation, workspace
+from twodtm.search._transforms import (
+    Workspace,
+    slot,
+    transform_orientation,
+    workspace,
+)
 from twodtm.search.clock import StageClock, timed
 from twodtm.search.inputs import SearchInputs
+from twodtm.search.memory import fold_group
 from twodtm.search.norms import orientation_norms
 from twodtm.search.projection import padded_dft, project
 from twodtm.search.statistics import PairedStatistics, SearchStatistics
@@ -60,36 +66,42 @@ def correlate(
     return maps / norms[:, None, None]
 
 
-def _fold_orientation(
+def _fold_group(
     inputs: SearchInputs,
     space: Workspace,
-    norms: torch.Tensor,
-    first: int,
+    norms: list[torch.Tensor],
+    firsts: list[int],
     target: SearchStatistics | PairedStatistics,
 ) -> None:
-    """Fold one orientation's D maps (in ``space``) into the running statistics.
+    """Fold the maps of a group of orientations (in ``space``) into the statistics.
 
-    ``first`` is the flat index of the orientation's defocus 0; ``target`` covers
-    the top-left crop of the maps (the unpadded micrograph).
+    ``norms[g]`` are orientation g's D norms and ``firsts[g]`` the flat index of
+    its defocus 0, increasing with g; slot g of ``space`` holds its maps.
+    ``target`` covers the top-left crop of the maps (the unpadded micrograph).
     """
     h, w = target.shape
+    count, n_defocus = len(firsts), inputs.n_defocus
+    divisors = torch.stack(norms)
     if inputs.precision == "fp16":  # maps normalised already
-        norms = torch.ones_like(norms)
+        divisors = torch.ones_like(divisors)
+    offsets = torch.arange(n_defocus, device=divisors.device)
+    indices = torch.tensor(firsts, device=divisors.device)[:, None] + offsets
     pairs = 2 * inputs.n_pairs
-    indices = first + torch.arange(inputs.n_defocus, device=norms.device)
+    singles = n_defocus - pairs
+    maps = space.maps[: count * singles, :h, :w]
     if isinstance(target, PairedStatistics):
         extra = None
-        if space.maps.shape[0]:
-            extra = (space.maps[:, :h, :w], norms[pairs:], indices[pairs:])
+        if singles:
+            extra = (maps, divisors[:, pairs:].flatten(), indices[:, pairs:].flatten())
         target.update(
-            torch.view_as_real(space.pair_maps)[:, :h, :w],
-            norms[:pairs].reshape(-1, 2),
-            indices[:pairs:2],
+            torch.view_as_real(space.pair_maps[: count * inputs.n_pairs])[:, :h, :w],
+            divisors[:, :pairs].reshape(-1, 2),
+            indices[:, :pairs:2].flatten(),
             extra,
             fused=inputs.fused,
         )
     else:
-        target.update(space.maps[:, :h, :w], indices, norms, fused=inputs.fused)
+        target.update(maps, indices.flatten(), divisors.flatten(), fused=inputs.fused)
 
 
 def search_orientations(
@@ -120,7 +132,9 @@ def search_orientations(
     """
     crop = crop if crop is not None else inputs.image_shape
     n_pixel, n_defocus = int(inputs.filtered_image.shape[0]), inputs.n_defocus
-    space = workspace(inputs)
+    batch = int(rotations.shape[0])
+    group = fold_group(n_defocus, inputs.image_shape, batch)
+    space = workspace(inputs, group)
     target: SearchStatistics | PairedStatistics = statistics
     if inputs.n_pairs:
         target = PairedStatistics.empty(crop, inputs.device)
@@ -130,7 +144,9 @@ def search_orientations(
         with timed(clock, "slice_extraction"):
             scale = inputs.pixel_scales[pixel_index]
             projections = project(inputs.projector, rotations, scale)
-        for b in range(projections.shape[0]):
+        norms_of: list[torch.Tensor] = []
+        firsts: list[int] = []
+        for b in range(batch):
             with timed(clock, "forward_fft"):
                 dft = padded_dft(
                     projections[b : b + 1],
@@ -140,10 +156,17 @@ def search_orientations(
                 )
             with timed(clock, "norms"):
                 norms = orientation_norms(inputs, projections[b], dft, pixel_index)
-            transform_orientation(inputs, dft[0], norms, pixel_index, space, clock)
-            first = ((first_orientation + b) * n_pixel + pixel_index) * n_defocus
-            with timed(clock, "reduction"):
-                _fold_orientation(inputs, space, norms, first, target)
+            into = slot(space, inputs, len(firsts))
+            transform_orientation(inputs, dft[0], norms, pixel_index, into, clock)
+            norms_of.append(norms)
+            firsts.append(((first_orientation + b) * n_pixel + pixel_index) * n_defocus)
+            # Full groups, then the rest one by one: two map counts per fold, so
+            # the compiled kernel is built for two shapes only.
+            rest = batch - batch % group
+            if len(firsts) == group or b >= rest:
+                with timed(clock, "reduction"):
+                    _fold_group(inputs, space, norms_of, firsts, target)
+                norms_of, firsts = [], []
     if isinstance(target, PairedStatistics):
         with timed(clock, "reduction"):
             target.fold_into(statistics)

@@ -1,6 +1,7 @@
 import itertools
 import random
 
+import pytest
 import torch
 
 from twodtm.ctf import Optics
@@ -8,14 +9,15 @@ from twodtm.orientations import orientation_grid
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
 from twodtm.search.executors import SearchTask, merge_all, run_chunk
 from twodtm.search.inputs import build_search_inputs
+from twodtm.search.memory import fold_group
 from twodtm.search.space import SearchSpace
 from twodtm.search.statistics import QUANTUM_SCALE, SearchStatistics, keep_max
 
 
-def _task(blob, n_orientations=21, batch_size=4):
+def _task(blob, n_orientations=21, batch_size=4, offsets=(-300.0, 0.0, 300.0)):
     space = SearchSpace(
         euler_angles=orientation_grid(40.0, 40.0)[:n_orientations],
-        defocus_offsets=torch.tensor([-300.0, 0.0, 300.0], dtype=torch.float64),
+        defocus_offsets=torch.tensor(offsets, dtype=torch.float64),
         pixel_sizes=torch.tensor([1.0], dtype=torch.float64),
     )
     g = torch.Generator().manual_seed(5)
@@ -51,6 +53,17 @@ def test_batch_size_does_not_change_results(blob):
     other, _ = _task(blob, batch_size=5)
     chunk = space.chunks(space.n_orientations)[0]
     _assert_identical(run_chunk(task, chunk), run_chunk(other, chunk))
+
+
+@pytest.mark.parametrize("offsets", [(0.0,), (-300.0, 300.0)])
+def test_fold_groups_do_not_change_results(blob, offsets):
+    # batch 1 folds every orientation alone; batch 11 folds groups of
+    # fold_group(D) orientations (8 at one plane, 4 at two) and then the rest
+    one, space = _task(blob, batch_size=1, offsets=offsets)
+    eleven, _ = _task(blob, batch_size=11, offsets=offsets)
+    assert fold_group(len(offsets), one.inputs.image_shape, 11) == 8 // len(offsets)
+    chunk = space.chunks(space.n_orientations)[0]
+    _assert_identical(run_chunk(one, chunk), run_chunk(eleven, chunk))
 
 
 def test_merge_is_associative_and_commutative_on_random_parts():

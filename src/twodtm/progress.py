@@ -6,9 +6,10 @@ the correlations they took), ``finish`` it (a summary line), and ``note`` lines
 such as the size of a search. Two reporters show it:
 
 - ``PlainProgress`` writes one line at a steady pace, at most every ``interval_s``
-  seconds (``TWODTM_PROGRESS_INTERVAL``, default 30) and at each 5 % of the work,
-  whichever comes first: ``match: 1,200/55,032 orientations (2.2%), 3.1e+04
-  corr/s, 0:29:10 left``. It is what a SLURM log or a pipe gets.
+  seconds (``TWODTM_PROGRESS_INTERVAL``, default 30) and at each 5 % of the work
+  reached at least 5 s after the last line, whichever comes first:
+  ``match: 1,200/55,032 orientations (2.2%), 3.1e+04 corr/s, 0:29:10 left``.
+  It is what a SLURM log or a pipe gets.
 - ``BarProgress`` draws the rich progress bar on a terminal.
 
 The local refinement, which ``refine``, ``optimize-template`` and ``constrained``
@@ -58,6 +59,7 @@ __all__ = [
 _INTERVAL_ENV = "TWODTM_PROGRESS_INTERVAL"
 _DEFAULT_INTERVAL_S = 30.0
 _DEFAULT_STEP = 0.05
+_MIN_GAP_S = 5.0
 _Clock = Callable[[], float]
 
 
@@ -266,7 +268,9 @@ class PlainProgress(ProgressReporter):
 
     A line when a task starts, then whenever ``interval_s`` seconds have passed
     since the last line or the work done reaches the next multiple of ``step``
-    (checked as work is reported), and a summary when it ends.
+    at least ``min_gap_s`` seconds after the last line (checked as work is
+    reported; a search of seconds logs its start, its end and the summary, not
+    twenty lines), and a summary when it ends.
 
     Parameters
     ----------
@@ -277,6 +281,8 @@ class PlainProgress(ProgressReporter):
         30).
     step : float
         Fraction of the work between lines (0.05: a line each 5 %).
+    min_gap_s : float
+        Fewest seconds between two lines of steps (the end always gets one).
     clock : callable, optional
         Seconds, monotonic.
 
@@ -303,9 +309,11 @@ class PlainProgress(ProgressReporter):
         stream: TextIO | None = None,
         interval_s: float | None = None,
         step: float = _DEFAULT_STEP,
+        min_gap_s: float = _MIN_GAP_S,
         clock: _Clock = time.monotonic,
     ) -> None:
         super().__init__(clock)
+        self.min_gap_s = min_gap_s
         self._stream = stream
         self.interval_s = (
             _interval_from_environment() if interval_s is None else interval_s
@@ -332,8 +340,11 @@ class PlainProgress(ProgressReporter):
         if not self.running:
             return
         snap = self.snapshot()
-        due = self._clock() - self._last_line >= self.interval_s
-        if due or snap.fraction >= self._next_fraction - 1e-12:
+        since = self._clock() - self._last_line
+        stepped = snap.fraction >= self._next_fraction - 1e-12 and (
+            since >= min(self.min_gap_s, self.interval_s) or snap.fraction >= 1.0
+        )
+        if since >= self.interval_s or stepped:
             self._line(snap)
 
     def _line(self, snap: Snapshot) -> None:

@@ -29,7 +29,7 @@ from twodtm.search.memory import (
     host_bytes,
     template_bytes,
 )
-from twodtm.search.options import RunSizes, fit_template_padding
+from twodtm.search.options import RunSizes, fit_template_padding, other_engine_bytes
 from twodtm.search.size import (
     SearchSize,
     calibrate,
@@ -95,14 +95,13 @@ def _run_sizes(config: MatchConfig, inputs: MatchInputs) -> RunSizes:
 def _padding_note(
     label: str, sizes: RunSizes, requested: float, padding: float, free: int, where: str
 ) -> str:
-    t = sizes.template_size
-    template = template_bytes(t, requested)
-    rest = device_bytes(sizes.n_filters, sizes.padded_shape, t, requested, 0)
+    template = template_bytes(sizes.template_size, requested)
+    rest = other_engine_bytes(sizes, requested)
     return (
         f"{label}: template padding {padding:g} instead of {requested:g} for the "
         f"whole search: the template padded by {requested:g} needs "
         f"{template / _GB:.3g} GB, and {where} has {free / _GB:.3g} GB free beside "
-        f"the {(rest - template) / _GB:.3g} GB the rest of the engine needs "
+        f"the {rest / _GB:.3g} GB the rest of the engine needs "
         "(free memory to keep it)"
     )
 

@@ -38,6 +38,7 @@ __all__ = [
     "default_filters_per_transform",
     "default_paired",
     "fit_template_padding",
+    "other_engine_bytes",
     "resolve_run_options",
     "use_fused",
 ]
@@ -199,19 +200,26 @@ def default_filters_per_transform(device: torch.device) -> int:
     return 0 if device.type == "cuda" else 1
 
 
-def _engine_bytes(sizes: RunSizes, padding: float) -> tuple[int, int]:
-    """Bytes the engine needs besides the template, and those its inputs hold.
+def other_engine_bytes(sizes: RunSizes, padding: float) -> int:
+    """Bytes the engine needs on its device besides the template, at ``padding``.
 
-    The inputs (filtered images, twice while pairing, and the template) are
-    what ``auto_batch_size`` found allocated when it ran after them.
+    Images, norms, maps and statistics: ``device_bytes`` of an empty batch less
+    ``template_bytes``.
     """
     t = sizes.template_size
-    other = device_bytes(
+    return device_bytes(
         sizes.n_filters, sizes.padded_shape, t, padding, batch_size=0
     ) - template_bytes(t, padding)
+
+
+def _input_bytes(sizes: RunSizes, padding: float) -> int:
+    """Bytes the engine's inputs hold: filtered images (twice while pairing), template.
+
+    What ``auto_batch_size`` found allocated when it ran after them.
+    """
     h, w = sizes.padded_shape
-    inputs = 2 * sizes.n_filters * h * (w // 2 + 1) * 8 + template_bytes(t, padding)
-    return other, inputs
+    filtered = 2 * sizes.n_filters * h * (w // 2 + 1) * 8
+    return filtered + template_bytes(sizes.template_size, padding)
 
 
 def fit_template_padding(sizes: RunSizes, requested: float, free_bytes: int) -> float:
@@ -243,7 +251,7 @@ def fit_template_padding(sizes: RunSizes, requested: float, free_bytes: int) -> 
     >>> fit_template_padding(sizes, 2.0, 5 * 10**6)  # only the 3.6 MB one does
     1.5
     """
-    other, _ = _engine_bytes(sizes, requested)
+    other = other_engine_bytes(sizes, requested)
     return fitting_template_padding(sizes.template_size, requested, free_bytes, other)
 
 
@@ -290,7 +298,7 @@ def resolve_run_options(
     slice_size = min(sizes.slice_box, p)
     batch = request.batch_size
     if batch == "auto":
-        _, held = _engine_bytes(sizes, padding)
+        held = _input_bytes(sizes, padding)
         batch = auto_batch_size(
             device, sizes.padded_shape, sizes.n_filters, slice_size or p, free - held
         )

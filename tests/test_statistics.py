@@ -61,7 +61,7 @@ def test_fold_groups_do_not_change_results(blob, offsets):
     # fold_group(D) orientations (8 at one plane, 4 at two) and then the rest
     one, space = _task(blob, batch_size=1, offsets=offsets)
     eleven, _ = _task(blob, batch_size=11, offsets=offsets)
-    assert fold_group(len(offsets), one.inputs.image_shape, 11) == 8 // len(offsets)
+    assert fold_group(len(offsets), one.inputs.image_shape) == 8 // len(offsets)
     chunk = space.chunks(space.n_orientations)[0]
     _assert_identical(run_chunk(one, chunk), run_chunk(eleven, chunk))
 

@@ -133,8 +133,12 @@ def search_orientations(
     crop = crop if crop is not None else inputs.image_shape
     n_pixel, n_defocus = int(inputs.filtered_image.shape[0]), inputs.n_defocus
     batch = int(rotations.shape[0])
-    group = fold_group(n_defocus, inputs.image_shape, batch)
-    space = workspace(inputs, group)
+    group = fold_group(n_defocus, inputs.image_shape)
+    # Full groups, then the rest of the batch one orientation at a time: every
+    # fold holds ``group`` orientations or one, so the compiled kernel is built
+    # for two map counts whatever the batch sizes.
+    rest = batch - batch % group
+    space = workspace(inputs, min(group, batch))
     target: SearchStatistics | PairedStatistics = statistics
     if inputs.n_pairs:
         target = PairedStatistics.empty(crop, inputs.device)
@@ -160,9 +164,6 @@ def search_orientations(
             transform_orientation(inputs, dft[0], norms, pixel_index, into, clock)
             norms_of.append(norms)
             firsts.append(((first_orientation + b) * n_pixel + pixel_index) * n_defocus)
-            # Full groups, then the rest one by one: two map counts per fold, so
-            # the compiled kernel is built for two shapes only.
-            rest = batch - batch % group
             if len(firsts) == group or b >= rest:
                 with timed(clock, "reduction"):
                     _fold_group(inputs, space, norms_of, firsts, target)

@@ -116,26 +116,25 @@ _MAPS_PER_FOLD = 8
 _GROUP_BYTES = 256 * 2**20
 
 
-def fold_group(n_defocus: int, image_shape: tuple[int, int], batch_size: int) -> int:
+def fold_group(n_defocus: int, image_shape: tuple[int, int]) -> int:
     """Orientations whose D maps the engine folds into the statistics together.
 
-    Enough for ``_MAPS_PER_FOLD`` maps, no more than the batch, and one whenever
-    one orientation's maps (float32) exceed ``_GROUP_BYTES``. The statistics
-    are exact and order-free, so the group changes no result.
+    Enough for ``_MAPS_PER_FOLD`` maps, and one whenever one orientation's maps
+    (float32) exceed ``_GROUP_BYTES``. It does not depend on the batch, so the
+    compiled fold sees the same map count in every batch. The statistics are
+    exact and order-free, so the group changes no result.
 
     Examples
     --------
-    >>> fold_group(1, (1024, 1024), 32), fold_group(3, (768, 768), 32)
+    >>> fold_group(1, (1024, 1024)), fold_group(3, (768, 768))
     (8, 3)
-    >>> fold_group(13, (1024, 1024), 32), fold_group(1, (4096, 4096), 32)
+    >>> fold_group(13, (1024, 1024)), fold_group(1, (4096, 4096))
     (1, 4)
-    >>> fold_group(1, (1024, 1024), 2)
-    2
     """
     h, w = image_shape
     room = _GROUP_BYTES // max(1, n_defocus * h * w * 4)
     wanted = -(-_MAPS_PER_FOLD // n_defocus)
-    return max(1, min(batch_size, wanted, room))
+    return max(1, min(wanted, room))
 
 
 def host_bytes(n_orientations: int, image_shape: tuple[int, int]) -> int:

@@ -62,7 +62,9 @@ def test_cuda_layout_on_the_cpu_agrees_with_reference(blob):
     space = small_space(8, pixel_sizes=(0.98, 1.0))
     settings = FilterSettings(bandpass_high_resolution=3.0)
     inputs, shape = _inputs(blob, space, settings, slice_size)
-    gpu_like = replace(inputs, filters_per_transform=0, fused=True)
+    gpu_like = replace(
+        inputs, filters_per_transform=0, fused=True, compiled_slices=True
+    )
     assert gpu_like.transform_group == 3 and gpu_like.n_pairs == 0
     # chunks of 5 and 3 with batches of 3: ragged batches and chunks
     chunks = list(space.chunks(5))

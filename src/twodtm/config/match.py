@@ -336,7 +336,9 @@ class Compute(_Strict):
     max_retries: int = Field(2, ge=0, description="retries of a failed chunk")
     # Inverse-FFT precision; fp16 needs CUDA and power-of-two (padded) sizes.
     precision: Literal["fp32", "fp16"] = "fp32"
-    # Compiled one-pass statistics (same bits); auto: on CUDA and for long CPU runs.
+    # Compiled kernels: the one-pass statistics (same bits) and the slice sampler
+    # (slices to float32 rounding of the eager one's); auto: on CUDA and for long
+    # CPU runs.
     fused_statistics: bool | Literal["auto"] = "auto"
     # Two defocus maps per complex inverse FFT; auto: on the CPU (1.3-1.7x faster
     # there), not on CUDA; never with fp16. Changes the last bits of the maps.

@@ -228,7 +228,9 @@ def size_search(
     task = calibration_task(config, inputs, devices[0], size.n_orientations)
     timed = task
     if not isinstance(executor, InProcessExecutor):  # workers compile their own
-        timed = replace(task, inputs=replace(task.inputs, fused=False))
+        timed = replace(
+            task, inputs=replace(task.inputs, fused=False, compiled_slices=False)
+        )
     size = replace(size, seconds_per_orientation=calibrate(timed, CALIBRATION_RUNS))
     if isinstance(executor, InProcessExecutor):
         return size, task

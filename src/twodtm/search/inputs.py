@@ -70,6 +70,10 @@ class SearchInputs:
         Box m in which projections are formed before the crop to t (see
         ``project``): 0 for the padded size p (exact whatever the map), else
         ``projection_box`` of the map, t for a map inside its inscribed sphere.
+    compiled_slices : bool
+        Sample the slices with the compiled kernel
+        (``projection.compiled_slices``); runs set it with ``fused``, since
+        both compile once per process and pay only for long searches.
     """
 
     template_dft: torch.Tensor
@@ -84,6 +88,7 @@ class SearchInputs:
     norm_kernels: torch.Tensor | None = None
     paired_image: torch.Tensor | None = None
     slice_size: int = 0
+    compiled_slices: bool = False
 
     @property
     def n_pairs(self) -> int:
@@ -115,7 +120,9 @@ class SearchInputs:
     @property
     def projector(self) -> Projector:
         """The template and box sizes ``projection.project`` needs."""
-        return Projector(self.template_dft, self.template_size, self.slice_size)
+        return Projector(
+            self.template_dft, self.template_size, self.slice_size, self.compiled_slices
+        )
 
 
 def build_search_inputs(

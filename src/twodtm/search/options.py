@@ -120,7 +120,8 @@ class RunOptions:
     precision : {"fp32", "fp16"}
         ``SearchInputs.precision``.
     fused : bool
-        ``SearchInputs.fused``.
+        ``SearchInputs.fused`` and ``SearchInputs.compiled_slices``: the two
+        compiled kernels pay for their compile time on the same searches.
     paired : bool
         Whether ``pair_filters`` is applied (never in fp16).
     filters_per_transform : int
@@ -324,6 +325,7 @@ def apply_run_options(inputs: SearchInputs, options: RunOptions) -> SearchInputs
         inputs,
         precision=options.precision,
         fused=options.fused,
+        compiled_slices=options.fused,
         filters_per_transform=options.filters_per_transform,
     )
     return pair_filters(configured) if options.paired else configured

@@ -5,8 +5,10 @@ import pytest
 import torch
 
 from twodtm.ctf import Optics
-from twodtm.orientations import orientation_grid
+from twodtm.orientations import euler_to_matrix, orientation_grid
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
+from twodtm.search._filters import pair_filters
+from twodtm.search.engine import search_orientations
 from twodtm.search.executors import SearchTask, merge_all, run_chunk
 from twodtm.search.inputs import build_search_inputs
 from twodtm.search.memory import fold_group
@@ -64,6 +66,31 @@ def test_fold_groups_do_not_change_results(blob, offsets):
     assert fold_group(len(offsets), one.inputs.image_shape) == 8 // len(offsets)
     chunk = space.chunks(space.n_orientations)[0]
     _assert_identical(run_chunk(one, chunk), run_chunk(eleven, chunk))
+
+
+@pytest.mark.parametrize("batch_size", [1, 4])
+def test_paired_statistics_kept_across_batches_change_no_result(blob, batch_size):
+    # run_chunk keeps one paired accumulator for the chunk and combines it once;
+    # plain statistics handed to the engine are combined after every batch
+    task, space = _task(blob, batch_size=batch_size)
+    paired = SearchTask(
+        pair_filters(task.inputs), task.euler_angles, task.crop, batch_size
+    )
+    assert paired.inputs.n_pairs == 1
+    per_batch = SearchStatistics.empty(task.crop)
+    with torch.inference_mode():
+        for start in range(0, space.n_orientations, batch_size):
+            stop = min(start + batch_size, space.n_orientations)
+            rotations = euler_to_matrix(space.euler_angles[start:stop])
+            search_orientations(
+                paired.inputs, rotations, start, per_batch, crop=task.crop
+            )
+    kept = run_chunk(paired, space.chunks(space.n_orientations)[0])
+    _assert_identical(kept, per_batch)
+    assert kept.count == space.n_orientations * 3
+    # and the pairs change the maps by float32 rounding only
+    unpaired = run_chunk(task, space.chunks(space.n_orientations)[0])
+    torch.testing.assert_close(kept.mip, unpaired.mip, rtol=1e-5, atol=1e-5)
 
 
 def test_merge_is_associative_and_commutative_on_random_parts():

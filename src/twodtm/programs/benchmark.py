@@ -32,8 +32,8 @@ from twodtm.preprocess import (
     prepare_template,
 )
 from twodtm.programs._bench_report import format_report
-from twodtm.search.clock import STAGES, StageClock
-from twodtm.search.engine import search_orientations
+from twodtm.search.clock import STAGES, StageClock, timed
+from twodtm.search.engine import empty_statistics, search_orientations, settled
 from twodtm.search.inputs import Precision, SearchInputs, build_search_inputs
 from twodtm.search.memory import padded_size
 from twodtm.search.options import (
@@ -206,12 +206,13 @@ def run_search(
 
     ``clock`` (optional) is charged with the seconds of every engine stage.
     """
-    stats = SearchStatistics.empty(crop, inputs.device)
+    stats = empty_statistics(inputs, crop)
     with torch.inference_mode():
         for start in range(0, rotations.shape[0], batch_size):
             batch = rotations[start : start + batch_size]
             search_orientations(inputs, batch, start, stats, crop=crop, clock=clock)
-    return stats
+        with timed(clock, "reduction"):
+            return settled(stats)
 
 
 def _stage_times(

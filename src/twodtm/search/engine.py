@@ -30,7 +30,7 @@ from twodtm.search.norms import orientation_norms
 from twodtm.search.projection import padded_dft, project
 from twodtm.search.statistics import PairedStatistics, SearchStatistics
 
-__all__ = ["correlate", "search_orientations"]
+__all__ = ["correlate", "empty_statistics", "search_orientations", "settled"]
 
 
 def correlate(
@@ -64,6 +64,30 @@ def correlate(
     if inputs.precision == "fp16":
         return maps
     return maps / norms[:, None, None]
+
+
+def empty_statistics(
+    inputs: SearchInputs, crop: tuple[int, int]
+) -> SearchStatistics | PairedStatistics:
+    """Statistics ``search_orientations`` folds into without a per-batch pass.
+
+    Paired statistics where the inputs pair their filters, kept across the
+    batches of a chunk and combined once by ``settled``: combining them after
+    every batch cost 0.4-0.8 s at 4096^2 (2 cores), about as much as searching
+    one orientation at 13 planes.
+    """
+    if inputs.n_pairs:
+        return PairedStatistics.empty(crop, inputs.device)
+    return SearchStatistics.empty(crop, inputs.device)
+
+
+def settled(statistics: SearchStatistics | PairedStatistics) -> SearchStatistics:
+    """Plain statistics of what ``empty_statistics``' accumulator has folded."""
+    if isinstance(statistics, SearchStatistics):
+        return statistics
+    plain = SearchStatistics.empty(statistics.shape, statistics.interleaved.mip.device)
+    statistics.fold_into(plain)
+    return plain
 
 
 def _fold_group(
@@ -108,7 +132,7 @@ def search_orientations(
     inputs: SearchInputs,
     rotations: torch.Tensor,
     first_orientation: int,
-    statistics: SearchStatistics,
+    statistics: SearchStatistics | PairedStatistics,
     crop: tuple[int, int] | None = None,
     clock: StageClock | None = None,
 ) -> None:
@@ -122,8 +146,10 @@ def search_orientations(
         ``(B, 3, 3)`` rotations of orientations ``first_orientation + b``.
     first_orientation : int
         Search-space index of the first rotation.
-    statistics : SearchStatistics
-        Accumulator on the engine's device, updated in place.
+    statistics : SearchStatistics or PairedStatistics
+        Accumulator on the engine's device, updated in place: for a chunk of
+        several batches ``empty_statistics`` (combined by ``settled``); plain
+        statistics are served too, paired maps then being combined per batch.
     crop : tuple[int, int], optional
         Accumulate only the top-left region (the unpadded micrograph).
     clock : StageClock, optional
@@ -139,8 +165,8 @@ def search_orientations(
     # for two map counts whatever the batch sizes.
     rest = batch - batch % group
     space = workspace(inputs, min(group, batch))
-    target: SearchStatistics | PairedStatistics = statistics
-    if inputs.n_pairs:
+    target = statistics
+    if inputs.n_pairs and isinstance(statistics, SearchStatistics):
         target = PairedStatistics.empty(crop, inputs.device)
     for pixel_index in range(n_pixel):
         # Slices for the whole batch in one sampler call (fills a GPU), image-size
@@ -168,6 +194,8 @@ def search_orientations(
                 with timed(clock, "reduction"):
                     _fold_group(inputs, space, norms_of, firsts, target)
                 norms_of, firsts = [], []
-    if isinstance(target, PairedStatistics):
+    if target is not statistics:
+        assert isinstance(target, PairedStatistics)
+        assert isinstance(statistics, SearchStatistics)
         with timed(clock, "reduction"):
             target.fold_into(statistics)

@@ -34,7 +34,7 @@ from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_wo
 from twodtm._hostmemory import retain_freed_memory
 from twodtm.errors import SearchFailedError
 from twodtm.orientations import euler_to_matrix
-from twodtm.search.engine import search_orientations
+from twodtm.search.engine import empty_statistics, search_orientations, settled
 from twodtm.search.fallback import BatchFallback
 from twodtm.search.inputs import SearchInputs
 from twodtm.search.space import Chunk
@@ -105,7 +105,7 @@ def run_chunk(
 ) -> SearchStatistics:
     """Search one chunk from empty statistics; ``progress`` gets orientations done."""
     retain_freed_memory()
-    stats = SearchStatistics.empty(task.crop, task.inputs.device)
+    stats = empty_statistics(task.inputs, task.crop)
     with torch.inference_mode():
         for start in range(chunk.start, chunk.stop, task.batch_size):
             stop = min(start + task.batch_size, chunk.stop)
@@ -113,7 +113,7 @@ def run_chunk(
             search_orientations(task.inputs, rotations, start, stats, crop=task.crop)
             if progress is not None:
                 progress(stop - start)
-    return stats
+        return settled(stats)
 
 
 def merge_all(

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from twodtm.preprocess import prepare_template
-from twodtm.search import memory
+from twodtm.search import memory, options
 from twodtm.search.memory import (
     FALLBACK_PADDING,
     auto_batch_size,
@@ -14,6 +14,14 @@ from twodtm.search.memory import (
     slice_batch_bytes,
     template_bytes,
 )
+from twodtm.search.options import (
+    RunRequest,
+    RunSizes,
+    other_engine_bytes,
+    resolve_run_options,
+    run_template,
+)
+from twodtm.search.projection import compact_template, is_compact
 
 CPU = torch.device("cpu")
 
@@ -67,3 +75,25 @@ def test_padding_falls_back_only_when_memory_is_short():
     # a request at or below the fallback is never raised or lowered
     assert fitting_template_padding(t, 1.2, 10, 0) == 1.2
     assert fitting_template_padding(t, 1.5, 10, 0) == 1.5
+
+
+@pytest.mark.parametrize(("t", "padding"), [(16, 2.0), (17, 1.5)])
+def test_compact_template_bytes_are_compact_templates(t, padding):
+    made = compact_template(prepare_template(torch.randn(t, t, t), padding))
+    assert template_bytes(t, padding, compact=True) == made.nbytes
+
+
+def test_compiled_runs_hold_the_compact_template(monkeypatch):
+    """Where the search compiles, the template is compact and fits at padding 2."""
+    t = 64
+    sizes = RunSizes((128, 128), (128, 128), t, n_filters=1, n_orientations=4)
+    other = other_engine_bytes(sizes, 2.0)
+    compact = template_bytes(t, 2.0, compact=True)
+    monkeypatch.setattr(options, "available_bytes", lambda device: other + compact)
+    for fused, expected in ((True, True), (False, False), ("auto", False)):
+        run = resolve_run_options(RunRequest(fused=fused), sizes, CPU)
+        assert run.compact_template is expected
+        # only the compact template fits at padding 2; fp32 falls back to 1.5
+        assert run.template_padding == (2.0 if expected else FALLBACK_PADDING)
+        template = run_template(torch.randn(t, t, t), run.template_padding, expected)
+        assert is_compact(template) is expected

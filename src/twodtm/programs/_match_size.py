@@ -29,7 +29,12 @@ from twodtm.search.memory import (
     host_bytes,
     template_bytes,
 )
-from twodtm.search.options import RunSizes, fit_template_padding, other_engine_bytes
+from twodtm.search.options import (
+    RunSizes,
+    compiles,
+    fit_template_padding,
+    other_engine_bytes,
+)
 from twodtm.search.size import (
     SearchSize,
     calibrate,
@@ -93,15 +98,21 @@ def _run_sizes(config: MatchConfig, inputs: MatchInputs) -> RunSizes:
 
 
 def _padding_note(
-    label: str, sizes: RunSizes, requested: float, padding: float, free: int, where: str
+    label: str,
+    sizes: RunSizes,
+    requested: float,
+    padding: float,
+    free: tuple[int, str],
+    compact: bool,
 ) -> str:
-    template = template_bytes(sizes.template_size, requested)
+    free_bytes, where = free
+    template = template_bytes(sizes.template_size, requested, compact)
     rest = other_engine_bytes(sizes, requested)
     return (
         f"{label}: template padding {padding:g} instead of {requested:g} for the "
         f"whole search: the template padded by {requested:g} needs "
-        f"{template / _GB:.3g} GB, and {where} has {free / _GB:.3g} GB free beside "
-        f"the {rest / _GB:.3g} GB the rest of the engine needs "
+        f"{template / _GB:.3g} GB, and {where} has {free_bytes / _GB:.3g} GB free "
+        f"beside the {rest / _GB:.3g} GB the rest of the engine needs "
         "(free memory to keep it)"
     )
 
@@ -149,11 +160,14 @@ def fix_template_padding(
     sizes = _run_sizes(config, inputs)
     free, where = min((available_bytes(d), str(d)) for d in set(devices))
     requested = config.preprocessing.template_padding
-    padding = fit_template_padding(sizes, requested, free)
+    fused = config.compute.fused_statistics
+    compact = all(compiles(fused, d, sizes) for d in set(devices))
+    padding = fit_template_padding(sizes, requested, free, compact)
     if padding == requested:
         return config
     if progress is not None:
-        progress.note(_padding_note(label, sizes, requested, padding, free, where))
+        note = _padding_note(label, sizes, requested, padding, (free, where), compact)
+        progress.note(note)
     preprocessing = config.preprocessing.model_copy(
         update={"template_padding": padding}
     )
@@ -181,6 +195,9 @@ def estimate_size(
     shape = (int(inputs.micrograph.shape[0]), int(inputs.micrograph.shape[1]))
     batch = config.compute.batch_size
     on_gpu = sorted({str(d) for d in devices or () if d.type == "cuda"})
+    sizes = _run_sizes(config, inputs)
+    fused = config.compute.fused_statistics
+    compact = bool(devices) and all(compiles(fused, d, sizes) for d in devices or ())
     return SearchSize(
         n_orientations=n,
         n_defocus=n_defocus,
@@ -193,6 +210,7 @@ def estimate_size(
             int(inputs.template.shape[-1]),
             config.preprocessing.template_padding,
             16 if batch == "auto" else batch,
+            compact=compact,
         ),
         available_host=available_bytes(torch.device("cpu")),
         available_device=(available_bytes(torch.device(on_gpu[0])) if on_gpu else None),

@@ -44,16 +44,20 @@ def padded_size(template_size: int, padding: float) -> int:
     return template_size + 2 * (int(template_size * (padding - 1.0)) // 2)
 
 
-def template_bytes(template_size: int, padding: float) -> int:
+def template_bytes(template_size: int, padding: float, compact: bool = False) -> int:
     """Bytes of ``prepare_template``'s output for a t box padded by ``padding``.
+
+    ``compact``: of its ``projection.compact_template`` (bfloat16), half.
 
     Examples
     --------
     >>> template_bytes(64, 2.0) == 8 * 128 * 128 * 65
     True
+    >>> template_bytes(64, 2.0, compact=True) == 4 * 128 * 128 * 65
+    True
     """
     p = padded_size(template_size, padding)
-    return 8 * p * p * (p // 2 + 1)
+    return (4 if compact else 8) * p * p * (p // 2 + 1)
 
 
 def slice_batch_bytes(slice_size: int) -> int:
@@ -87,6 +91,7 @@ def device_bytes(
     template_padding: float = 2.0,
     batch_size: int = 1,
     slice_size: int = 0,
+    compact: bool = False,
 ) -> int:
     """Upper bound of the memory the engine holds on its device, bytes.
 
@@ -94,13 +99,14 @@ def device_bytes(
     the padded template DFT, the workspace of a fold group's maps, the
     statistics of the device (plain and paired) and, per orientation of a
     batch, ``slice_batch_bytes`` of an m-box slice (``slice_size`` 0: unknown,
-    one image-size DFT assumed).
+    one image-size DFT assumed). ``compact``: the template is held as
+    ``projection.compact_template``.
     """
     h, w = padded_shape
     full, half = h * w, h * (w // 2 + 1)
     filtered = 2 * n_filters * half * 8
     norms = n_filters * max(4 * template_size**2, half) * 4
-    template = template_bytes(template_size, template_padding)
+    template = template_bytes(template_size, template_padding, compact)
     # a fold group holds fewer than D + _MAPS_PER_FOLD maps (``fold_group``)
     maps = (n_filters + _MAPS_PER_FOLD) * full * 4 + 6 * half * 8
     statistics = 3 * full * STATISTICS_BYTES
@@ -169,7 +175,11 @@ FALLBACK_PADDING = 1.5
 
 
 def fitting_template_padding(
-    template_size: int, requested: float, free_bytes: int, other_bytes: int
+    template_size: int,
+    requested: float,
+    free_bytes: int,
+    other_bytes: int,
+    compact: bool = False,
 ) -> float:
     """Choose the template padding from the memory free on the search device.
 
@@ -183,6 +193,8 @@ def fitting_template_padding(
         Memory the device can still give (``available_bytes``).
     other_bytes : int
         What the rest of the search needs there (images, statistics, buffers).
+    compact : bool
+        The template is held as ``projection.compact_template``.
 
     Returns
     -------
@@ -200,10 +212,10 @@ def fitting_template_padding(
     1.5
     """
     room = free_bytes - other_bytes
-    if template_bytes(template_size, requested) <= room:
+    if template_bytes(template_size, requested, compact) <= room:
         return requested
     if requested > FALLBACK_PADDING and (
-        template_bytes(template_size, FALLBACK_PADDING) <= room
+        template_bytes(template_size, FALLBACK_PADDING, compact) <= room
     ):
         return FALLBACK_PADDING
     return requested

@@ -17,6 +17,7 @@ from typing import Literal
 import torch
 
 from twodtm.errors import DeviceError
+from twodtm.preprocess import prepare_template
 from twodtm.search._filters import pair_filters
 from twodtm.search.inputs import Precision, SearchInputs
 from twodtm.search.memory import (
@@ -27,6 +28,7 @@ from twodtm.search.memory import (
     padded_size,
     template_bytes,
 )
+from twodtm.search.projection import compact_template, is_compact
 
 __all__ = [
     "FUSED_MIN_WORK",
@@ -35,11 +37,13 @@ __all__ = [
     "RunSizes",
     "apply_run_options",
     "check_precision",
+    "compiles",
     "default_filters_per_transform",
     "default_paired",
     "fit_template_padding",
     "other_engine_bytes",
     "resolve_run_options",
+    "run_template",
     "use_fused",
 ]
 
@@ -145,6 +149,29 @@ class RunOptions:
     template_padding: float = 2.0
     slice_size: int = 0
 
+    @property
+    def compact_template(self) -> bool:
+        """Whether the template is held as ``projection.compact_template``.
+
+        Where the compiled sampler reads it (``fused``): half the memory, the
+        same speed, z-scores within 0.01 % (``benchmarks/RESULTS.md``).
+        """
+        return self.fused
+
+
+def compiles(
+    fused: bool | Literal["auto"], device: torch.device, sizes: RunSizes
+) -> bool:
+    """Whether a search with ``compute.fused_statistics`` = ``fused`` compiles.
+
+    The one decision behind ``RunOptions.fused`` (and so the compiled sampler
+    and the compact template): ``use_fused`` for "auto".
+    """
+    if fused == "auto":
+        n_correlations = sizes.n_orientations * sizes.n_filters
+        return use_fused(device, n_correlations, sizes.image_shape)
+    return bool(fused)
+
 
 def use_fused(
     device: torch.device | str, n_correlations: int, shape: tuple[int, int]
@@ -213,17 +240,19 @@ def other_engine_bytes(sizes: RunSizes, padding: float) -> int:
     ) - template_bytes(t, padding)
 
 
-def _input_bytes(sizes: RunSizes, padding: float) -> int:
+def _input_bytes(sizes: RunSizes, padding: float, compact: bool = False) -> int:
     """Bytes the engine's inputs hold: filtered images (twice while pairing), template.
 
     What ``auto_batch_size`` found allocated when it ran after them.
     """
     h, w = sizes.padded_shape
     filtered = 2 * sizes.n_filters * h * (w // 2 + 1) * 8
-    return filtered + template_bytes(sizes.template_size, padding)
+    return filtered + template_bytes(sizes.template_size, padding, compact)
 
 
-def fit_template_padding(sizes: RunSizes, requested: float, free_bytes: int) -> float:
+def fit_template_padding(
+    sizes: RunSizes, requested: float, free_bytes: int, compact: bool = False
+) -> float:
     """Choose the template padding that fits beside the engine in ``free_bytes``.
 
     ``fitting_template_padding`` with what the engine needs besides the
@@ -238,6 +267,8 @@ def fit_template_padding(sizes: RunSizes, requested: float, free_bytes: int) -> 
         ``preprocessing.template_padding``.
     free_bytes : int
         Free memory of the device (``available_bytes``).
+    compact : bool
+        The template is held as ``projection.compact_template``.
 
     Returns
     -------
@@ -253,7 +284,9 @@ def fit_template_padding(sizes: RunSizes, requested: float, free_bytes: int) -> 
     1.5
     """
     other = other_engine_bytes(sizes, requested)
-    return fitting_template_padding(sizes.template_size, requested, free_bytes, other)
+    return fitting_template_padding(
+        sizes.template_size, requested, free_bytes, other, compact
+    )
 
 
 def resolve_run_options(
@@ -286,32 +319,40 @@ def resolve_run_options(
         The precision cannot run there (see ``check_precision``).
     """
     precision = check_precision(request.precision, device, sizes.padded_shape)
-    fused = request.fused
-    if fused == "auto":
-        n_correlations = sizes.n_orientations * sizes.n_filters
-        fused = use_fused(device, n_correlations, sizes.image_shape)
+    fused = compiles(request.fused, device, sizes)
     paired = default_paired(device) if request.paired == "auto" else request.paired
     free = available_bytes(device)
     padding = request.template_padding
     if request.fit_padding:
-        padding = fit_template_padding(sizes, padding, free)
+        padding = fit_template_padding(sizes, padding, free, compact=fused)
     p = padded_size(sizes.template_size, padding)
     slice_size = min(sizes.slice_box, p)
     batch = request.batch_size
     if batch == "auto":
-        held = _input_bytes(sizes, padding)
+        held = _input_bytes(sizes, padding, compact=fused)
         batch = auto_batch_size(
             device, sizes.padded_shape, sizes.n_filters, slice_size or p, free - held
         )
     return RunOptions(
         precision=precision,
-        fused=bool(fused),
+        fused=fused,
         paired=bool(paired) and precision == "fp32",
         filters_per_transform=default_filters_per_transform(device),
         batch_size=int(batch),
         template_padding=padding,
         slice_size=slice_size,
     )
+
+
+def run_template(volume: torch.Tensor, padding: float, compact: bool) -> torch.Tensor:
+    """``prepare_template`` at ``padding``, as ``compact_template`` if ``compact``.
+
+    Give it ``RunOptions.template_padding`` and ``RunOptions.compact_template``.
+    Compacted at once, before the images are filtered, so that the complex64
+    template and its compact copy are never held beside the rest of the engine.
+    """
+    template = prepare_template(volume, padding)
+    return compact_template(template) if compact else template
 
 
 def apply_run_options(inputs: SearchInputs, options: RunOptions) -> SearchInputs:
@@ -321,8 +362,12 @@ def apply_run_options(inputs: SearchInputs, options: RunOptions) -> SearchInputs
             f"inputs built with slice_size {inputs.slice_size}, options resolved "
             f"{options.slice_size}: build them with RunOptions.slice_size"
         )
+    template = inputs.template_dft
+    if options.compact_template and not is_compact(template):
+        template = compact_template(template)
     configured = replace(
         inputs,
+        template_dft=template,
         precision=options.precision,
         fused=options.fused,
         compiled_slices=options.fused,

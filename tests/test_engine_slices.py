@@ -19,6 +19,7 @@ import forward_model as fm
 from conftest import blob_volume
 from twodtm.orientations import euler_to_matrix
 from twodtm.preprocess import prepare_template
+from twodtm.search import projection
 from twodtm.search.projection import (
     Projector,
     _gathered_slices,
@@ -127,6 +128,25 @@ def test_compiled_sampler_gives_the_eager_samplers_slices(scale):
     # and no slice depends on the others of its batch
     one_by_one = torch.cat([compiled_slices(template, m[None], 48) for m in matrices])
     assert torch.equal(one_by_one, got)
+
+
+def test_a_failed_compile_falls_back_to_the_same_gathers(monkeypatch):
+    def broken():
+        def fail(*args):
+            raise torch._dynamo.exc.TorchDynamoException("no compiler here")
+
+        return fail
+
+    template = prepare_template(blob_volume(24))
+    matrices = euler_to_matrix(ANGLES).float()
+    expected = compiled_slices(template, matrices, 24)
+    monkeypatch.setattr(projection, "_compiled_gather", broken)
+    monkeypatch.setattr(projection, "_UNCOMPILED", set())
+    with pytest.warns(RuntimeWarning, match="uncompiled"):
+        got = compiled_slices(template, matrices, 24)
+    assert torch.equal(got, expected)
+    assert "cpu" in projection._UNCOMPILED
+    assert torch.equal(compiled_slices(template, matrices, 24), expected)
 
 
 def test_compact_template_slices_are_bfloat16_close():

@@ -12,6 +12,7 @@ transforms it with a pruned FFT.
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
@@ -208,6 +209,40 @@ def _compiled_gather() -> Callable[..., torch.Tensor]:
     return torch.compile(_gathered_slices, fullgraph=True)
 
 
+# Device types whose compile failed: the process runs the same gathers eagerly
+# from then on (on the CPU the same bits), rather than failing the search.
+_UNCOMPILED: set[str] = set()
+
+
+def _gather(device: torch.device) -> Callable[..., torch.Tensor]:
+    """Return the compiled gathers, or eager ones where the compile failed."""
+    if device.type in _UNCOMPILED:
+        return _gathered_slices
+    compiled = _compiled_gather()
+
+    def gather(
+        voxels: torch.Tensor,
+        matrices: torch.Tensor,
+        frequencies: torch.Tensor,
+        p: int,
+        q: int,
+    ) -> torch.Tensor:
+        args = (voxels, matrices, frequencies, p, q)
+        try:
+            return compiled(*args)
+        except torch._dynamo.exc.TorchDynamoException as error:
+            warnings.warn(
+                f"the compiled slice sampler failed on {device.type} ({error!r}); "
+                "its gathers run uncompiled from now on",
+                RuntimeWarning,
+                stacklevel=3,
+            )
+            _UNCOMPILED.add(device.type)
+            return _gathered_slices(*args)
+
+    return gather
+
+
 def compact_template(template_dft: torch.Tensor) -> torch.Tensor:
     """Return the template in half the memory: ``(p, p, q, 2)`` bfloat16 parts.
 
@@ -245,7 +280,7 @@ def compiled_slices(
         raise ValueError("compiled_slices: needs the contiguous complex template")
     p, q = int(template_dft.shape[0]), int(template_dft.shape[2])
     frequencies = _slice_frequencies(size, template_dft.device).reshape(-1, 2)
-    samples = _compiled_gather()(voxels, matrices, frequencies, p, q)
+    samples = _gather(template_dft.device)(voxels, matrices, frequencies, p, q)
     return torch.view_as_complex(samples).reshape(-1, size, size // 2 + 1)
 
 

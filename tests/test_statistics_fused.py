@@ -88,7 +88,7 @@ def test_paired_statistics_equal_plain_ones_including_ties():
             )
             if not fused:
                 plain.update(maps, first, divisors)
-        paired.fold_into(folded)
+        paired.fold_into(folded, fused=fused)  # the parts combined compiled too
         results.append(folded)
     for folded in results:
         assert folded.count == plain.count == 30

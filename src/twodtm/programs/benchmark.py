@@ -214,7 +214,7 @@ def run_search(
             batch = rotations[start : start + batch_size]
             search_orientations(inputs, batch, start, stats, crop=crop, clock=clock)
         with timed(clock, "reduction"):
-            return settled(stats)
+            return settled(stats, inputs.fused)
 
 
 def _stage_times(

@@ -81,12 +81,17 @@ def empty_statistics(
     return SearchStatistics.empty(crop, inputs.device)
 
 
-def settled(statistics: SearchStatistics | PairedStatistics) -> SearchStatistics:
-    """Plain statistics of what ``empty_statistics``' accumulator has folded."""
+def settled(
+    statistics: SearchStatistics | PairedStatistics, fused: bool = False
+) -> SearchStatistics:
+    """Plain statistics of what ``empty_statistics``' accumulator has folded.
+
+    ``fused``: combine the parts with the compiled kernel (``SearchInputs.fused``).
+    """
     if isinstance(statistics, SearchStatistics):
         return statistics
     plain = SearchStatistics.empty(statistics.shape, statistics.interleaved.mip.device)
-    statistics.fold_into(plain)
+    statistics.fold_into(plain, fused)
     return plain
 
 
@@ -198,4 +203,4 @@ def search_orientations(
         assert isinstance(target, PairedStatistics)
         assert isinstance(statistics, SearchStatistics)
         with timed(clock, "reduction"):
-            target.fold_into(statistics)
+            target.fold_into(statistics, inputs.fused)

@@ -113,7 +113,7 @@ def run_chunk(
             search_orientations(task.inputs, rotations, start, stats, crop=task.crop)
             if progress is not None:
                 progress(stop - start)
-        return settled(stats)
+        return settled(stats, task.inputs.fused)
 
 
 def merge_all(

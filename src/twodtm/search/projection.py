@@ -16,6 +16,7 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import torch
 
@@ -220,14 +221,7 @@ def _gather(device: torch.device) -> Callable[..., torch.Tensor]:
         return _gathered_slices
     compiled = _compiled_gather()
 
-    def gather(
-        voxels: torch.Tensor,
-        matrices: torch.Tensor,
-        frequencies: torch.Tensor,
-        p: int,
-        q: int,
-    ) -> torch.Tensor:
-        args = (voxels, matrices, frequencies, p, q)
+    def gather(*args: Any) -> torch.Tensor:  # _gathered_slices' arguments
         try:
             return compiled(*args)
         except torch._dynamo.exc.TorchDynamoException as error:

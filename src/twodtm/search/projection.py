@@ -144,7 +144,7 @@ def _gathered_slices(
     with ``_trilinear``, computed from the array coordinates directly (no
     normalisation to [-1, 1] and back, hence float32-rounding differences of
     about 1e-6 of the largest value). Under ``torch.compile`` the rotation, the
-    eight gathers and the conjugation are one loop over the points: 2.5-2.7x
+    eight gathers and the conjugation are one loop over the points: 2.3-2.8x
     faster than ``grid_sample`` on 2 CPU cores at t = 128 and 256, padding 2
     (``benchmarks/RESULTS.md``), whose kernel also walks every point several
     times. Eager and compiled calls give the same bits on the CPU (tested).

@@ -97,6 +97,14 @@ def _run_sizes(config: MatchConfig, inputs: MatchInputs) -> RunSizes:
     )
 
 
+def _compact_template(
+    config: MatchConfig, sizes: RunSizes, devices: list[torch.device]
+) -> bool:
+    """Whether every device holds the template compact (its search compiles)."""
+    fused = config.compute.fused_statistics
+    return all(compiles(fused, d, sizes) for d in set(devices))
+
+
 def _padding_note(
     label: str,
     sizes: RunSizes,
@@ -160,8 +168,7 @@ def fix_template_padding(
     sizes = _run_sizes(config, inputs)
     free, where = min((available_bytes(d), str(d)) for d in set(devices))
     requested = config.preprocessing.template_padding
-    fused = config.compute.fused_statistics
-    compact = all(compiles(fused, d, sizes) for d in set(devices))
+    compact = _compact_template(config, sizes, devices)
     padding = fit_template_padding(sizes, requested, free, compact)
     if padding == requested:
         return config
@@ -195,9 +202,9 @@ def estimate_size(
     shape = (int(inputs.micrograph.shape[0]), int(inputs.micrograph.shape[1]))
     batch = config.compute.batch_size
     on_gpu = sorted({str(d) for d in devices or () if d.type == "cuda"})
-    sizes = _run_sizes(config, inputs)
-    fused = config.compute.fused_statistics
-    compact = bool(devices) and all(compiles(fused, d, sizes) for d in devices or ())
+    compact = False
+    if devices:
+        compact = _compact_template(config, _run_sizes(config, inputs), devices)
     return SearchSize(
         n_orientations=n,
         n_defocus=n_defocus,

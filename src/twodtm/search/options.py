@@ -348,11 +348,10 @@ def run_template(volume: torch.Tensor, padding: float, compact: bool) -> torch.T
     """``prepare_template`` at ``padding``, as ``compact_template`` if ``compact``.
 
     Give it ``RunOptions.template_padding`` and ``RunOptions.compact_template``.
-    Compacted at once, before the images are filtered, so that the complex64
-    template and its compact copy are never held beside the rest of the engine.
+    Made compact slab by slab (``prepare_template(compact=True)``), before the
+    images are filtered: the complex64 template is never held.
     """
-    template = prepare_template(volume, padding)
-    return compact_template(template) if compact else template
+    return prepare_template(volume, padding, compact)
 
 
 def apply_run_options(inputs: SearchInputs, options: RunOptions) -> SearchInputs:

@@ -339,8 +339,9 @@ def test_out_of_memory_mid_chunk_gives_identical_statistics(monkeypatch):
     expected = merge_all(InProcessExecutor().run(task, chunks), task.crop)
     real = executors.search_orientations
 
-    def small_memory(inputs, rotations, first, stats, crop=None):
-        real(inputs, rotations, first, stats, crop=crop)  # statistics half updated
+    def small_memory(inputs, rotations, first, stats, crop=None, space=None):
+        # statistics half updated
+        real(inputs, rotations, first, stats, crop=crop, space=space)
         if rotations.shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory.")
 

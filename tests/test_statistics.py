@@ -8,7 +8,7 @@ from twodtm.ctf import Optics
 from twodtm.orientations import euler_to_matrix, orientation_grid
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
 from twodtm.search._filters import pair_filters
-from twodtm.search.engine import search_orientations
+from twodtm.search.engine import batch_workspace, search_orientations
 from twodtm.search.executors import SearchTask, merge_all, run_chunk
 from twodtm.search.inputs import build_search_inputs
 from twodtm.search.memory import fold_group
@@ -91,6 +91,34 @@ def test_paired_statistics_kept_across_batches_change_no_result(blob, batch_size
     # and the pairs change the maps by float32 rounding only
     unpaired = run_chunk(task, space.chunks(space.n_orientations)[0])
     torch.testing.assert_close(kept.mip, unpaired.mip, rtol=1e-5, atol=1e-5)
+
+
+def test_a_workspace_reused_across_batches_changes_no_result(blob):
+    # run_chunk hands one workspace to every batch (the last one shorter);
+    # a fresh one per batch must give the same bits, a too small one is refused
+    task, space = _task(blob, batch_size=4, offsets=(-300.0, 0.0, 300.0))
+    inputs = pair_filters(task.inputs)
+    reused, fresh = (SearchStatistics.empty(task.crop) for _ in range(2))
+    shared = batch_workspace(inputs, 4)
+    with torch.inference_mode():
+        for start in range(0, space.n_orientations, 4):
+            stop = min(start + 4, space.n_orientations)
+            rotations = euler_to_matrix(space.euler_angles[start:stop])
+            search_orientations(
+                inputs, rotations, start, reused, crop=task.crop, space=shared
+            )
+            search_orientations(inputs, rotations, start, fresh, crop=task.crop)
+        assert space.n_orientations % 4  # the last batch is shorter
+        _assert_identical(reused, fresh)
+        with pytest.raises(ValueError, match="batch_workspace"):
+            search_orientations(
+                inputs,
+                euler_to_matrix(space.euler_angles[:4]),
+                0,
+                fresh,
+                crop=task.crop,
+                space=batch_workspace(inputs, 1),
+            )
 
 
 def test_merge_is_associative_and_commutative_on_random_parts():

@@ -36,11 +36,11 @@ class Workspace:
         products of G orientations (``slot`` g holds orientation g's).
     template : torch.Tensor
         ``(H, W)`` conjugate projection DFT on the full grid (pairs only).
-    pair_product : torch.Tensor
-        ``(H, W)`` one pair's filtered image times ``template``.
     pair_maps : torch.Tensor
         ``(G D2, H, W)`` complex inverse transforms: pair j of slot g has its two
-        maps as the real and imaginary parts of ``pair_maps[g D2 + j]``.
+        maps as the real and imaginary parts of ``pair_maps[g D2 + j]``. Each
+        pair's product is written there and transformed in place (the same
+        bits as into another buffer, and 128 MiB less at 4096^2).
     spectrum, dft : torch.Tensor
         ``(1, H, W // 2 + 1)`` buffers of ``padded_dft`` (spectrum zero outside
         the projection's rows).
@@ -53,7 +53,6 @@ class Workspace:
     product: torch.Tensor
     maps: torch.Tensor
     template: torch.Tensor
-    pair_product: torch.Tensor
     pair_maps: torch.Tensor
     spectrum: torch.Tensor
     dft: torch.Tensor
@@ -92,7 +91,6 @@ def workspace(inputs: SearchInputs, orientations: int = 1) -> Workspace:
             device=device,
         ),
         template=torch.empty(full, dtype=torch.complex64, device=device),
-        pair_product=torch.empty(full, dtype=torch.complex64, device=device),
         pair_maps=torch.empty(
             (orientations * pairs, h, w), dtype=torch.complex64, device=device
         ),
@@ -186,17 +184,18 @@ def _conjugate_template(
 def _pair_product(
     inputs: SearchInputs, pixel_index: int, pair: int, space: Workspace
 ) -> torch.Tensor:
-    """Pair ``pair``'s filtered image times ``space.template`` into the workspace."""
+    """Pair ``pair``'s filtered image times ``space.template`` into its map's place."""
     assert inputs.paired_image is not None
-    product = space.pair_product[0]
+    product = space.pair_maps[pair]
     return torch.mul(
         inputs.paired_image[pixel_index, pair], space.template[0], out=product
     )
 
 
 def _pair_transform(space: Workspace, pair: int) -> torch.Tensor:
-    """Complex ``ifft2`` of ``space.pair_product`` into ``space.pair_maps[pair]``."""
-    return torch.fft.ifft2(space.pair_product[0], out=space.pair_maps[pair])
+    """Complex ``ifft2`` of ``space.pair_maps[pair]`` (its product), in place."""
+    product = space.pair_maps[pair]
+    return torch.fft.ifft2(product, out=product)
 
 
 def _paired_transforms(

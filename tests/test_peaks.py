@@ -10,6 +10,7 @@ import pytest
 from scipy import stats
 from typer.testing import CliRunner
 
+from _scale_data import small_config
 from twodtm.cli import app
 from twodtm.errors import ConfigError, InputFileError
 from twodtm.io.results import (
@@ -20,7 +21,9 @@ from twodtm.io.results import (
 )
 from twodtm.io.tables import read_particles
 from twodtm.picking import PeakSettings, find_peaks, read_peak_record
-from twodtm.programs.peaks import pick_and_write
+from twodtm.programs.match import run_match
+from twodtm.programs.peaks import pick_and_write, remove_picks
+from twodtm.progress import ProgressReporter
 from twodtm.significance import family_pvalue, threshold_for_false_positives
 
 SHAPE = (200, 240)
@@ -218,3 +221,38 @@ def test_a_damaged_peak_record_names_the_fix(tmp_path):
     (tmp_path / "peaks.json").write_text('{"settings": {}}')
     with pytest.raises(InputFileError, match="twodtm peaks"):
         read_peak_record(tmp_path)
+
+
+def test_remove_picks_takes_what_write_picks_wrote_and_nothing_else(tmp_path):
+    z = _blob(SHAPE, (70, 110), 12.0, 2.0)
+    result = _result(z)
+    result.metadata = replace(result.metadata, template_size=32)
+    result.save(tmp_path)
+    pick_and_write(tmp_path, PeakSettings(), micrograph_name="mic_007.mrc")
+    (tmp_path / "notes.txt").write_text("mine")
+    written = sorted(p.name for p in tmp_path.iterdir())
+    assert "mic_007_twodtm.star" in written and "peaks.json" in written
+    removed = remove_picks(tmp_path)
+    assert sorted(removed) == sorted(
+        set(written) - {"notes.txt", "result.json"} - {f"{n}.mrc" for n in MAP_NAMES}
+    )
+    assert (tmp_path / "notes.txt").is_file() and (tmp_path / "result.json").is_file()
+    assert remove_picks(tmp_path) == []
+
+
+def test_a_search_overwriting_a_result_removes_its_picks(tmp_path):
+    config = small_config(tmp_path, out_of_plane_step=60.0)
+    out = tmp_path / "out"
+    run_match(config, out)
+    pick_and_write(out, PeakSettings(zscore=1.0))  # low: some picks to go stale
+    assert (out / "particles.star").is_file()
+    notes: list[str] = []
+
+    class Notes(ProgressReporter):
+        def note(self, text: str) -> None:
+            notes.append(text)
+
+    run_match(config, out, overwrite=True, progress=Notes())
+    assert not (out / "particles.star").exists()
+    assert not (out / "peaks.json").exists()
+    assert any("removed the picks" in n and "peaks.json" in n for n in notes)

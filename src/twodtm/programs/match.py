@@ -40,6 +40,7 @@ from twodtm.programs._match_task import (
     search_settings,
 )
 from twodtm.programs.inputs import claim_output
+from twodtm.programs.peaks import remove_picks
 from twodtm.progress import ProgressReporter, as_reporter
 from twodtm.search.checkpoint import fingerprint
 from twodtm.search.executors import (
@@ -281,8 +282,10 @@ def run_match(
     (``match.checkpoint``) is saved there every
     ``compute.checkpoint_interval_minutes`` and when the run stops (an error,
     Ctrl-C); running again resumes from it (``restart=True`` discards it) and it
-    is deleted once the result is saved. ``progress`` gets the search's size and
-    progress (see ``match_template``).
+    is deleted once the result is saved. A result it replaces loses its picks
+    (``programs.peaks.remove_picks``), which would otherwise be read beside the
+    new maps. ``progress`` gets the search's size and progress (see
+    ``match_template``).
     """
     directory = _check_output_directory(
         output or config.output.directory, overwrite or config.output.overwrite
@@ -296,6 +299,12 @@ def run_match(
     result = match_template(
         config, progress, executor=executor, checkpoint=policy, label=label
     )
+    # the picks of the result replaced would be read beside the new maps
+    removed = remove_picks(directory) if (directory / "result.json").is_file() else []
+    if removed:
+        as_reporter(progress).note(
+            f"{label}: removed the picks of the result replaced ({', '.join(removed)})"
+        )
     _save_result(result, directory)
     remove_checkpoint(policy)
     return result

@@ -12,14 +12,24 @@ from pathlib import Path
 
 import mrcfile
 import pandas as pd
+import starfile
 
 from twodtm.ctf import Optics
 from twodtm.errors import InputFileError
 from twodtm.io.results import MatchResult
-from twodtm.io.tables import write_coordinates, write_particles
-from twodtm.picking import PeakRecord, PeakSettings, pick_peaks, write_peak_record
+from twodtm.io.tables import COORDINATE_LIST, write_coordinates, write_particles
+from twodtm.picking import (
+    PEAKS_RECORD,
+    PeakRecord,
+    PeakSettings,
+    pick_peaks,
+    write_peak_record,
+)
+from twodtm.report import HISTOGRAM_NAME
 
-__all__ = ["pick_and_write", "write_picks"]
+__all__ = ["pick_and_write", "remove_picks", "write_picks"]
+
+_PICK_FILES = ("particles.star", "particles.csv", PEAKS_RECORD, HISTOGRAM_NAME)
 
 
 def _template_size(result: MatchResult, directory: Path) -> int:
@@ -50,6 +60,38 @@ def write_picks(
     write_particles(peaks, directory, micrograph, optics)
     write_coordinates(peaks, directory, micrograph)
     write_peak_record(directory, record)
+
+
+def remove_picks(directory: str | os.PathLike[str]) -> list[str]:
+    """Remove the picks of a result from its directory; return the names removed.
+
+    What ``write_picks`` (and the run's z-score histogram) wrote: the particle
+    tables, ``peaks.json``, ``zscore_histogram.json``, ``coordinates.star`` and
+    the coordinate file it lists, if that lies in ``directory``. A result
+    replaced by a new search (``twodtm match --overwrite``) must not leave them
+    beside the new maps, where ``twodtm report`` would draw them.
+    """
+    out = Path(directory)
+    doomed = [out / name for name in _PICK_FILES]
+    listing = out / COORDINATE_LIST
+    if listing.is_file():
+        try:
+            block = starfile.read(listing, always_dict=True).get("coordinate_files")
+            listed = [] if block is None else list(block["rlnMicrographCoordinates"])
+        except (OSError, ValueError, KeyError):
+            listed = []  # unreadable: the listing goes, its file stays
+        for name in listed:
+            path = Path(str(name))
+            path = path if path.is_absolute() else out / path.name
+            if path.parent.resolve() == out.resolve():
+                doomed.append(path)
+        doomed.append(listing)
+    removed = []
+    for path in doomed:
+        if path.is_file():
+            path.unlink()
+            removed.append(path.name)
+    return removed
 
 
 def pick_and_write(

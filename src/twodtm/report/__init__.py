@@ -23,6 +23,7 @@ from twodtm.io.atomic import atomic_path, write_text_atomic
 from twodtm.io.results import MatchResult
 from twodtm.picking import PeakSettings, find_peaks
 from twodtm.report._dataset import (
+    HISTOGRAM_NAME,
     read_zscore_histogram,
     write_dataset_report,
     write_zscore_histogram,
@@ -54,6 +55,7 @@ from twodtm.report._inputs import (
 from twodtm.report._page import Picture, json_safe, render_html
 
 __all__ = [
+    "HISTOGRAM_NAME",
     "bin_image",
     "display_binning",
     "noise_counts",

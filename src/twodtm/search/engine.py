@@ -104,9 +104,11 @@ def settled(
 def batch_workspace(inputs: SearchInputs, batch_size: int) -> Workspace:
     """Buffers for batches of up to ``batch_size`` orientations, to reuse.
 
-    Pass it to every ``search_orientations`` call of a chunk: at 4096^2 and 13
-    planes it holds 1.4 GiB, which a fresh allocation per batch made the
-    retained heap (``twodtm._hostmemory``) grow by fragments of.
+    Pass it to every ``search_orientations`` call of a chunk, and drop it
+    before the chunk's statistics are combined: at 4096^2 and 13 planes it
+    holds 1.25 GiB. Allocated afresh for every batch, it left the retained heap
+    (``twodtm._hostmemory``) 0.56 GiB larger (RSS 5.75 against 5.19 GiB after
+    three searches with a 256^3 template).
     """
     group = fold_group(inputs.n_defocus, inputs.image_shape)
     return workspace(inputs, min(group, batch_size))

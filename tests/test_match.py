@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gc
 import json
+import weakref
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import torch
 import yaml
 from typer.testing import CliRunner
 
+from _scale_data import small_config
 from twodtm.cli import app
 from twodtm.cli.config_cmd import example_text
 from twodtm.config import MatchConfig, dump_yaml, load_match_config, parse_config
@@ -20,6 +23,7 @@ from twodtm.io.mrc import write_mrc
 from twodtm.io.results import MAP_NAMES, MatchResult
 from twodtm.orientations import angular_distance, euler_to_matrix
 from twodtm.preprocess import FilterSettings, prepare_image, prepare_template
+from twodtm.programs import match as match_program
 from twodtm.programs.match import build_search_space, match_template
 from twodtm.search.inputs import build_search_inputs
 from twodtm.search.projection import padded_dft, project
@@ -167,3 +171,28 @@ def test_interrupted_save_never_loads_as_a_mixed_result(planted, tmp_path, monke
         result.save(tmp_path)
     with pytest.raises(InputFileError, match="no result.json"):
         MatchResult.load(tmp_path)
+
+
+def test_the_template_array_is_released_before_the_search(tmp_path, monkeypatch):
+    # the task holds the prepared template: the map itself (0.5 GiB at 512^3)
+    # must not be kept alive through the search
+    loaded: list[weakref.ref[np.ndarray]] = []
+    real_load, real_search = match_program.load_inputs, match_program.run_search
+
+    def load(config):
+        inputs = real_load(config)
+        loaded.append(weakref.ref(inputs.template))
+        return inputs
+
+    alive: list[bool] = []
+
+    def search(*args, **kwargs):
+        gc.collect()
+        alive.append(loaded[0]() is not None)
+        return real_search(*args, **kwargs)
+
+    monkeypatch.setattr(match_program, "load_inputs", load)
+    monkeypatch.setattr(match_program, "run_search", search)
+    result = match_template(small_config(tmp_path, out_of_plane_step=60.0))
+    assert alive == [False]
+    assert result.metadata.template_size == 16

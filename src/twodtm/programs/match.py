@@ -12,13 +12,15 @@ import math
 import platform
 import time
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from importlib import metadata as importlib_metadata
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from twodtm.config import MatchConfig, dump_yaml
+from twodtm.ctf import Optics
 from twodtm.devices import resolve_devices
 from twodtm.io.results import (
     MAP_NAMES,
@@ -195,6 +197,10 @@ def match_template(
         )
         if ready is not None:
             task = replace(ready, euler_angles=space.euler_angles)
+        kept = _Recorded.of(inputs)
+        # the arrays are in the task now (or read by the workers): the template
+        # alone is 0.5 GiB at 512^3, held for nothing through the search
+        del inputs, ready
         done = sum(c.size for c in state.done)
         reporter.start(label, space.n_orientations, "orientations", done=done)
 
@@ -210,11 +216,32 @@ def match_template(
     stats = state.statistics
     elapsed = time.perf_counter() - started
     return MatchResult(
-        maps=decode_maps(stats, space, inputs.optics),
-        pixel_size=inputs.optics.pixel_size,
-        metadata=_metadata(config, space, stats, inputs, elapsed, _describe(executor)),
-        mask=inputs.searched,
+        maps=decode_maps(stats, space, kept.optics),
+        pixel_size=kept.optics.pixel_size,
+        metadata=_metadata(config, space, stats, kept, elapsed, _describe(executor)),
+        mask=kept.searched,
     )
+
+
+@dataclass(frozen=True)
+class _Recorded:
+    """What the result records of its inputs, kept through the search without them."""
+
+    optics: Optics
+    searched: np.ndarray | None
+    template_size: int
+    replaced_pixels: int
+    excluded_pixels: int
+
+    @classmethod
+    def of(cls, inputs: MatchInputs) -> _Recorded:
+        return cls(
+            inputs.optics,
+            inputs.searched,
+            int(inputs.template.shape[-1]),
+            int(inputs.replaced_pixels),
+            inputs.excluded_pixels,
+        )
 
 
 def _mask_note(label: str, config: MatchConfig, inputs: MatchInputs) -> str:
@@ -245,7 +272,7 @@ def _metadata(
     config: MatchConfig,
     space: SearchSpace,
     stats: SearchStatistics,
-    inputs: MatchInputs,
+    inputs: _Recorded,
     elapsed: float,
     devices: list[str],
 ) -> MatchMetadata:
@@ -255,8 +282,8 @@ def _metadata(
         image_shape=(int(stats.shape[0]), int(stats.shape[1])),
         run=RunRecord(elapsed, tuple(devices), _versions()),
         config_yaml=dump_yaml(config),
-        template_size=int(inputs.template.shape[-1]),
-        replaced_pixels=int(inputs.replaced_pixels),
+        template_size=inputs.template_size,
+        replaced_pixels=inputs.replaced_pixels,
         excluded_pixels=inputs.excluded_pixels,
     )
 

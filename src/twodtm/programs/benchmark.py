@@ -387,6 +387,7 @@ def time_engine(
         template_padding=opts.template_padding,
     )
     inputs, run = data.resolve(request, opts.slice_size, n_orientations)
+    del data  # the map and the image go, as ``twodtm match`` lets its inputs go
     # after the inputs are built, as ``run_chunk`` does in ``twodtm match``: the
     # build's freed buffers are returned, the search's are kept
     retain_freed_memory()

@@ -19,7 +19,6 @@ from twodtm.search.options import (
     RunSizes,
     other_engine_bytes,
     resolve_run_options,
-    run_template,
 )
 from twodtm.search.projection import compact_template, is_compact
 
@@ -95,5 +94,7 @@ def test_compiled_runs_hold_the_compact_template(monkeypatch):
         assert run.compact_template is expected
         # only the compact template fits at padding 2; fp32 falls back to 1.5
         assert run.template_padding == (2.0 if expected else FALLBACK_PADDING)
-        template = run_template(torch.randn(t, t, t), run.template_padding, expected)
+        template = prepare_template(
+            torch.randn(t, t, t), run.template_padding, expected
+        )
         assert is_compact(template) is expected

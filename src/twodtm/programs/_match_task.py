@@ -23,7 +23,7 @@ from twodtm.ctf import Optics
 from twodtm.masking import auto_exclusion, fill_excluded, searched_fraction
 from twodtm.model_template import model_template_settings
 from twodtm.orientations import orientation_grid
-from twodtm.preprocess import prepare_image, replace_outliers
+from twodtm.preprocess import prepare_image, prepare_template, replace_outliers
 from twodtm.programs.inputs import check_match_inputs, read_mask
 from twodtm.search.executors import SearchTask
 from twodtm.search.inputs import build_search_inputs
@@ -33,7 +33,6 @@ from twodtm.search.options import (
     RunSizes,
     apply_run_options,
     resolve_run_options,
-    run_template,
 )
 from twodtm.search.projection import projection_box
 from twodtm.search.space import SearchSpace
@@ -246,7 +245,7 @@ def prepare_task(
     )
     options = resolve_run_options(request, sizes, device)
     search_inputs = build_search_inputs(
-        run_template(template, options.template_padding, options.compact_template),
+        prepare_template(template, options.template_padding, options.compact_template),
         t,
         image,
         inputs.optics,

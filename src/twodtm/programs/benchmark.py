@@ -29,6 +29,7 @@ from twodtm.preprocess import (
     FilterSettings,
     PreparedImage,
     prepare_image,
+    prepare_template,
 )
 from twodtm.programs._bench_report import format_report
 from twodtm.search.clock import STAGES, StageClock, timed
@@ -46,7 +47,6 @@ from twodtm.search.options import (
     RunSizes,
     apply_run_options,
     resolve_run_options,
-    run_template,
 )
 from twodtm.search.projection import projection_box
 from twodtm.search.space import SearchSpace
@@ -141,7 +141,7 @@ class _Synthetic:
             pixel_sizes=_PIXEL_SIZE + pixel_offsets,
         )
         optics = Optics(pixel_size=_PIXEL_SIZE, defocus_u=12000.0, defocus_v=11800.0)
-        template = run_template(self.volume, template_padding, compact)
+        template = prepare_template(self.volume, template_padding, compact)
         size = int(self.volume.shape[-1])
         return build_search_inputs(
             template, size, self.image, optics, space, slice_size=slice_size

@@ -17,7 +17,6 @@ from typing import Literal
 import torch
 
 from twodtm.errors import DeviceError
-from twodtm.preprocess import prepare_template
 from twodtm.search._filters import pair_filters
 from twodtm.search.inputs import Precision, SearchInputs
 from twodtm.search.memory import (
@@ -43,7 +42,6 @@ __all__ = [
     "fit_template_padding",
     "other_engine_bytes",
     "resolve_run_options",
-    "run_template",
     "use_fused",
 ]
 
@@ -342,16 +340,6 @@ def resolve_run_options(
         template_padding=padding,
         slice_size=slice_size,
     )
-
-
-def run_template(volume: torch.Tensor, padding: float, compact: bool) -> torch.Tensor:
-    """``prepare_template`` at ``padding``, as ``compact_template`` if ``compact``.
-
-    Give it ``RunOptions.template_padding`` and ``RunOptions.compact_template``.
-    Made compact slab by slab (``prepare_template(compact=True)``), before the
-    images are filtered: the complex64 template is never held.
-    """
-    return prepare_template(volume, padding, compact)
 
 
 def apply_run_options(inputs: SearchInputs, options: RunOptions) -> SearchInputs:

@@ -50,7 +50,7 @@ from twodtm.programs.match import (
     run_match,
 )
 from twodtm.progress import HookProgress
-from twodtm.search import executors
+from twodtm.search import engine
 from twodtm.search.checkpoint import load_checkpoint
 from twodtm.search.executors import InProcessExecutor, SearchTask, merge_all
 from twodtm.search.fallback import BatchFallback, is_out_of_memory
@@ -337,15 +337,14 @@ def test_out_of_memory_mid_chunk_gives_identical_statistics(monkeypatch):
     task = _tiny_task(batch_size=4)
     chunks = SearchSpace(task.euler_angles, torch.zeros(2), torch.ones(1)).chunks(5)
     expected = merge_all(InProcessExecutor().run(task, chunks), task.crop)
-    real = executors.search_orientations
+    real = engine.search_orientations
 
-    def small_memory(inputs, rotations, first, stats, crop=None, space=None):
-        # statistics half updated
-        real(inputs, rotations, first, stats, crop=crop, space=space)
+    def small_memory(inputs, rotations, first, stats, **options):
+        real(inputs, rotations, first, stats, **options)  # statistics half updated
         if rotations.shape[0] > 2:
             raise torch.OutOfMemoryError("CUDA out of memory.")
 
-    monkeypatch.setattr(executors, "search_orientations", small_memory)
+    monkeypatch.setattr(engine, "search_orientations", small_memory)
     with pytest.warns(BatchSizeWarning, match="continuing with 2"):
         got = merge_all(InProcessExecutor().run(task, chunks), task.crop)
     assert got.count == expected.count

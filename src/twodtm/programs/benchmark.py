@@ -32,13 +32,8 @@ from twodtm.preprocess import (
     prepare_template,
 )
 from twodtm.programs._bench_report import format_report
-from twodtm.search.clock import STAGES, StageClock, timed
-from twodtm.search.engine import (
-    batch_workspace,
-    empty_statistics,
-    search_orientations,
-    settled,
-)
+from twodtm.search.clock import STAGES, StageClock
+from twodtm.search.engine import search_batches
 from twodtm.search.inputs import Precision, SearchInputs, build_search_inputs
 from twodtm.search.memory import padded_size
 from twodtm.search.options import (
@@ -213,17 +208,11 @@ def run_search(
 
     ``clock`` (optional) is charged with the seconds of every engine stage.
     """
-    stats = empty_statistics(inputs, crop)
-    space = batch_workspace(inputs, min(batch_size, int(rotations.shape[0])))
+    n = int(rotations.shape[0])
+    starts = range(0, n, batch_size)
+    batches = ((start, rotations[start : start + batch_size]) for start in starts)
     with torch.inference_mode():
-        for start in range(0, rotations.shape[0], batch_size):
-            batch = rotations[start : start + batch_size]
-            search_orientations(
-                inputs, batch, start, stats, crop=crop, clock=clock, space=space
-            )
-        del space  # before the combined statistics are allocated
-        with timed(clock, "reduction"):
-            return settled(stats, inputs.fused)
+        return search_batches(inputs, batches, min(batch_size, n), crop, clock)
 
 
 def _stage_times(

@@ -15,6 +15,8 @@ on the device of the input tensors; a ``clock.StageClock`` times the stages.
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterable
+
 import torch
 
 from twodtm.search._transforms import (
@@ -34,6 +36,7 @@ __all__ = [
     "batch_workspace",
     "correlate",
     "empty_statistics",
+    "search_batches",
     "search_orientations",
     "settled",
 ]
@@ -241,3 +244,43 @@ def search_orientations(
         assert isinstance(statistics, SearchStatistics)
         with timed(clock, "reduction"):
             target.fold_into(statistics, inputs.fused)
+
+
+def search_batches(
+    inputs: SearchInputs,
+    batches: Iterable[tuple[int, torch.Tensor]],
+    batch_size: int,
+    crop: tuple[int, int],
+    clock: StageClock | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> SearchStatistics:
+    """Search a chunk's batches from empty statistics and return them combined.
+
+    What ``executors.run_chunk`` and ``twodtm bench`` run: one accumulator
+    (``empty_statistics``) and one workspace (``batch_workspace``) for every
+    batch; the workspace is dropped before the statistics are combined
+    (``settled``), so the two are never held together.
+
+    Parameters
+    ----------
+    batches : iterable of (int, torch.Tensor)
+        ``(first orientation index, (B, 3, 3) rotations)`` of each batch, B at
+        most ``batch_size``; read lazily, one batch at a time.
+    crop : tuple[int, int]
+        The region the statistics cover (the unpadded micrograph).
+    clock : StageClock, optional
+        Charged with every stage, the combination as "reduction".
+    progress : callable, optional
+        Called with each batch's number of orientations once it is folded.
+    """
+    statistics = empty_statistics(inputs, crop)
+    space = batch_workspace(inputs, batch_size)
+    for first, rotations in batches:
+        search_orientations(
+            inputs, rotations, first, statistics, crop=crop, clock=clock, space=space
+        )
+        if progress is not None:
+            progress(int(rotations.shape[0]))
+    del space  # before the combined statistics are allocated
+    with timed(clock, "reduction"):
+        return settled(statistics, inputs.fused)

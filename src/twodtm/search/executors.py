@@ -34,12 +34,7 @@ from distributed import Client, LocalCluster, WorkerPlugin, as_completed, get_wo
 from twodtm._hostmemory import retain_freed_memory
 from twodtm.errors import SearchFailedError
 from twodtm.orientations import euler_to_matrix
-from twodtm.search.engine import (
-    batch_workspace,
-    empty_statistics,
-    search_orientations,
-    settled,
-)
+from twodtm.search.engine import search_batches
 from twodtm.search.fallback import BatchFallback
 from twodtm.search.inputs import SearchInputs
 from twodtm.search.space import Chunk
@@ -110,19 +105,19 @@ def run_chunk(
 ) -> SearchStatistics:
     """Search one chunk from empty statistics; ``progress`` gets orientations done."""
     retain_freed_memory()
-    stats = empty_statistics(task.inputs, task.crop)
-    space = batch_workspace(task.inputs, min(task.batch_size, chunk.size))
+    size, angles = task.batch_size, task.euler_angles
+    batches = (
+        (start, euler_to_matrix(angles[start : min(start + size, chunk.stop)]))
+        for start in range(chunk.start, chunk.stop, size)
+    )
     with torch.inference_mode():
-        for start in range(chunk.start, chunk.stop, task.batch_size):
-            stop = min(start + task.batch_size, chunk.stop)
-            rotations = euler_to_matrix(task.euler_angles[start:stop])
-            search_orientations(
-                task.inputs, rotations, start, stats, crop=task.crop, space=space
-            )
-            if progress is not None:
-                progress(stop - start)
-        del space  # before the combined statistics are allocated
-        return settled(stats, task.inputs.fused)
+        return search_batches(
+            task.inputs,
+            batches,
+            min(task.batch_size, chunk.size),
+            task.crop,
+            progress=progress,
+        )
 
 
 def merge_all(

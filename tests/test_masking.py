@@ -42,11 +42,15 @@ from test_independent_search import (
     run_cli,
 )
 from twodtm.config import parse_config
-from twodtm.config.match import MatchConfig
+from twodtm.config.match import Masking, MatchConfig
 from twodtm.errors import InputDataError
 from twodtm.io.results import MatchResult
-from twodtm.masking import ExclusionSettings, auto_exclusion, fill_excluded
+from twodtm.local._boxes import whitened_real_image
+from twodtm.masking import ExclusionSettings, auto_exclusion
 from twodtm.picking import PeakSettings, number_of_trials, pick_peaks
+from twodtm.preprocess import FilterSettings, prepare_image
+from twodtm.programs._match_task import load_inputs
+from twodtm.programs._particles import read_micrograph
 from twodtm.programs.demo import demo_optics, demo_volume
 from twodtm.programs.match import match_template
 from twodtm.simulate import SimulationParams, simulate_micrograph
@@ -294,14 +298,74 @@ def test_a_mask_of_another_shape_is_refused_naming_the_file(tmp_path):
         match_template(_small_config(tmp_path, {"mask": str(zeros)}))
 
 
-def test_fill_leaves_its_input_unchanged():
-    image = np.arange(12.0).reshape(3, 4)
+def test_excluded_pixels_are_flattened_and_the_searched_noise_is_unit():
+    """White noise of variance 4 beside a 'carbon' strip: offset, 25x the power.
+
+    Whitened with the strip excluded, the searched pixels must come out as the
+    noise alone would: unit variance (no whitening cut, no bandpass: the band is
+    every frequency), and the strip flat at the searched mean before whitening.
+    """
+    rng = np.random.default_rng(0)
+    shape, strip = (128, 160), 40
+    image = rng.normal(7.0, 2.0, shape)
+    image[:, :strip] = 60.0 + rng.normal(0.0, 10.0, (shape[0], strip))
+    searched = np.ones(shape, dtype=bool)
+    searched[:, :strip] = False
     before = image.copy()
-    searched = image < 6
-    filled = fill_excluded(image, searched)
-    np.testing.assert_array_equal(image, before)
-    assert np.all(filled[~searched] == 2.5)
-    assert torch.from_numpy(filled).dtype == torch.float64
+    settings = FilterSettings(outlier_sigma=None)
+    prepared = prepare_image(
+        torch.from_numpy(image), 1.0, settings, False, torch.from_numpy(searched)
+    )
+    np.testing.assert_array_equal(image, before)  # the input is not modified
+    whitened = torch.fft.irfft2(prepared.whitened_dft, s=shape).numpy()
+    assert abs(whitened[searched].var() - 1.0) < 0.05
+    # unmasked, the strip's power sets the filter and the density
+    plain = prepare_image(torch.from_numpy(image), 1.0, settings, False)
+    unmasked = torch.fft.irfft2(plain.whitened_dft, s=shape).numpy()
+    assert abs(unmasked[searched].var() - 1.0) > 0.2
+    # the flattened strip: the same whitening as a micrograph filled by hand
+    filled = np.where(searched, image, image[searched].mean())
+    by_hand = prepare_image(torch.from_numpy(filled), 1.0, settings, False)
+    ratio = prepared.whitened_dft.abs().sum() / by_hand.whitened_dft.abs().sum()
+    share = searched.mean()
+    assert float(ratio) == pytest.approx(share**0.5, rel=1e-5)
+    torch.testing.assert_close(
+        prepared.whitened_dft, by_hand.whitened_dft * share**0.5, rtol=1e-4, atol=1e-4
+    )
+
+
+def test_refine_whitens_the_micrograph_as_the_search_did(searches):
+    """The local searches read the search's mask: the same whitened image."""
+    root, micrograph = searches["root"], searches["paths"]["defects"]
+    template = root / "template.mrc"
+    raw = {
+        "micrograph": str(micrograph),
+        "template": str(template),
+        "optics": optics_yaml(),
+        "defocus_search": {"enabled": False},
+    }
+    inputs = load_inputs(parse_config(MatchConfig, raw))
+    assert inputs.searched is not None and not inputs.searched.all()
+    config = parse_config(MatchConfig, raw)
+    searched_image = prepare_image(
+        torch.from_numpy(inputs.micrograph),
+        config.optics.pixel_size,
+        replace(config.preprocessing.filter_settings(), outlier_sigma=None),
+        config.preprocessing.pad_to_fft_friendly,
+        torch.from_numpy(inputs.searched),
+    )
+    expected = whitened_real_image(searched_image)
+    fields = config.preprocessing
+    optics = config.optics.to_optics()
+    size = int(inputs.template.shape[-1])
+    cpu = torch.device("cpu")
+    refined = read_micrograph(str(micrograph), optics, fields, Masking(), size, cpu)
+    torch.testing.assert_close(refined.whitened, expected, rtol=0, atol=1e-6)
+    # without the exclusion, the carbon sets the whitening: another image
+    bare = read_micrograph(
+        str(micrograph), optics, fields, Masking(auto_exclude=False), size, cpu
+    )
+    assert float((bare.whitened - expected).abs().max()) > 0.1
 
 
 def test_the_demo_micrograph_excludes_nothing():

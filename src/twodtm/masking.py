@@ -32,14 +32,15 @@ would change the threshold of every clean search.
 
 Excluded pixels are never picked and are not counted among the trials that set
 the false-positive threshold (``picking.number_of_trials``). Before whitening
-they are set to the mean of the searched pixels (``fill_excluded``): a carbon
+they are set to the mean of the searched pixels (``preprocess.prepare_image``'s
+``searched``, for the search and the local searches alike): a carbon
 edge or an ice blob has most of the low-frequency power of a micrograph, and left
 in it would set the whitening filter (suppressing those frequencies in every
 particle), ring through the whitened image and correlate with templates a box
 away from it. The searched mean (rather than the local value or zero) makes the
 step at the mask's edge only the noise's, as ``preprocess.replace_outliers``
-does for hot pixels; ``searched_fraction`` rescales the whitened image's noise
-density to the pixels that hold data. The maps of excluded pixels are kept as
+does for hot pixels, and the whitened image's noise density is measured over
+the pixels that hold data. The maps of excluded pixels are kept as
 computed (they are a search of flat background).
 """
 
@@ -54,10 +55,8 @@ __all__ = [
     "ExclusionSettings",
     "auto_exclusion",
     "dilate",
-    "fill_excluded",
     "local_statistics",
     "robust_zscore",
-    "searched_fraction",
 ]
 
 # sigma / MAD of a normal distribution: 1 / Phi^-1(3/4)
@@ -221,30 +220,3 @@ def auto_exclusion(
     full = np.repeat(np.repeat(flagged, factor, axis=0), factor, axis=1)[:h, :w]
     radius = settings.dilation / pixel_size if settings.dilation else template_size / 2
     return dilate(full, radius)
-
-
-def fill_excluded(image: np.ndarray, searched: np.ndarray) -> np.ndarray:
-    """Copy ``image`` with excluded pixels set to the mean of the searched ones.
-
-    Examples
-    --------
-    >>> image = np.array([[1.0, 3.0, 50.0]])
-    >>> fill_excluded(image, np.array([[True, True, False]])).tolist()
-    [[1.0, 3.0, 2.0]]
-    """
-    inside = np.asarray(searched, dtype=bool)
-    mean = float(np.mean(image[inside], dtype=np.float64)) if inside.any() else 0.0
-    return np.where(inside, image, np.asarray(mean, dtype=image.dtype))
-
-
-def searched_fraction(searched: np.ndarray | None) -> float:
-    """Share of the pixels searched (1.0 for no mask).
-
-    Examples
-    --------
-    >>> searched_fraction(np.array([[True, False, True, True]]))
-    0.75
-    """
-    if searched is None:
-        return 1.0
-    return float(np.count_nonzero(searched)) / max(int(np.size(searched)), 1)

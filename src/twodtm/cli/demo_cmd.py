@@ -11,7 +11,7 @@ import typer
 from twodtm.cli.app import make_progress
 from twodtm.programs.demo import run_demo_verbose
 
-__all__ = ["register"]
+__all__ = ["demo", "register"]
 
 
 def demo(

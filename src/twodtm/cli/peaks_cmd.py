@@ -13,7 +13,7 @@ from twodtm.io.tables import COORDINATE_LIST, COORDINATE_SUFFIX
 from twodtm.picking import PEAKS_RECORD, PeakSettings
 from twodtm.programs.peaks import pick_and_write
 
-__all__ = ["register"]
+__all__ = ["peaks", "register"]
 
 
 def peaks(

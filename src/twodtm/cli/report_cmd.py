@@ -10,7 +10,7 @@ import typer
 from twodtm.cli.app import console
 from twodtm.report import write_report
 
-__all__ = ["register"]
+__all__ = ["register", "report"]
 
 
 def report(

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from twodtm.config._base import _Strict, load_yaml, parse_config
+from twodtm.config._base import _resolved, _Strict, load_yaml, parse_config
 from twodtm.ctf import Optics
 from twodtm.errors import ConfigError
 from twodtm.masking import ExclusionSettings
@@ -307,6 +307,12 @@ class Masking(_Strict):
         description="growth of the excluded region, A (null: the template radius)",
     )
 
+    def with_mask_relative_to(self, base: str | os.PathLike[str]) -> Masking:
+        """Return a copy whose relative mask path is resolved against ``base``."""
+        if self.mask is None:
+            return self
+        return self.model_copy(update={"mask": _resolved(base, self.mask)})
+
     def exclusion_settings(self) -> ExclusionSettings:
         """Return the automatic exclusion's settings as a plain value object."""
         return ExclusionSettings(
@@ -419,10 +425,7 @@ class MatchConfig(_Strict):
         for name in ("micrograph", "template"):
             path = Path(getattr(self, name))
             fields[name] = str(path if path.is_absolute() else root / path)
-        if self.masking.mask is not None:
-            mask = Path(self.masking.mask)
-            resolved = str(mask if mask.is_absolute() else root / mask)
-            fields["masking"] = self.masking.model_copy(update={"mask": resolved})
+        fields["masking"] = self.masking.with_mask_relative_to(root)
         return self.model_copy(update=fields)
 
 

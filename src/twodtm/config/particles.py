@@ -17,6 +17,7 @@ from typing_extensions import Self
 from twodtm.config._base import _resolved, _Strict, load_yaml, parse_config
 from twodtm.config.match import (
     Compute,
+    Masking,
     OpticsConfig,
     OutputConfig,
     PixelSizeSearch,
@@ -146,6 +147,12 @@ class _ParticleProgram(_Strict):
     preprocessing: Preprocessing = Field(
         default_factory=lambda: Preprocessing.model_validate({})
     )
+    masking: Masking = Field(
+        default_factory=Masking,
+        description="where the micrograph holds data: the same mask and automatic "
+        "exclusion as the search's, so that the micrograph is whitened as it was "
+        "searched",
+    )
     compute: ParticleCompute = Field(
         default_factory=lambda: ParticleCompute.model_validate({})
     )
@@ -153,9 +160,9 @@ class _ParticleProgram(_Strict):
     def with_paths_relative_to(self, base: str | os.PathLike[str]) -> Self:
         """Return a copy whose relative input paths are resolved against ``base``."""
         names = ("micrograph", "template", "particles")
-        return self.model_copy(
-            update={n: _resolved(base, getattr(self, n)) for n in names}
-        )
+        update: dict[str, Any] = {n: _resolved(base, getattr(self, n)) for n in names}
+        update["masking"] = self.masking.with_mask_relative_to(base)
+        return self.model_copy(update=update)
 
 
 class RefineConfig(_ParticleProgram):
@@ -214,6 +221,12 @@ class OptimizeConfig(_Strict):
     preprocessing: Preprocessing = Field(
         default_factory=lambda: Preprocessing.model_validate({})
     )
+    masking: Masking = Field(
+        default_factory=Masking,
+        description="where the micrograph holds data: the same mask and automatic "
+        "exclusion as the search's, so that the micrograph is whitened as it was "
+        "searched",
+    )
     compute: ParticleCompute = Field(
         default_factory=lambda: ParticleCompute.model_validate({})
     )
@@ -244,9 +257,9 @@ class OptimizeConfig(_Strict):
             for n in ("micrograph", "particles", "template", "model")
             if getattr(self, n)
         ]
-        return self.model_copy(
-            update={n: _resolved(base, getattr(self, n)) for n in names}
-        )
+        update: dict[str, Any] = {n: _resolved(base, getattr(self, n)) for n in names}
+        update["masking"] = self.masking.with_mask_relative_to(base)
+        return self.model_copy(update=update)
 
 
 class RelativePose(_Strict):

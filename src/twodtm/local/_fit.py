@@ -94,10 +94,18 @@ class Micrograph:
 
 
 def prepare_micrograph(
-    image: torch.Tensor, optics: Optics, settings: FilterSettings, pad: bool = True
+    image: torch.Tensor,
+    optics: Optics,
+    settings: FilterSettings,
+    pad: bool = True,
+    searched: torch.Tensor | None = None,
 ) -> Micrograph:
-    """Whiten the full ``(H, W)`` micrograph once (on the device of ``image``)."""
-    prepared = prepare_image(image, optics.pixel_size, settings, pad)
+    """Whiten the full ``(H, W)`` micrograph once (on the device of ``image``).
+
+    ``searched``: the search's ``(H, W)`` bool mask (``preprocess.prepare_image``),
+    so that the micrograph is whitened as the global search whitened it.
+    """
+    prepared = prepare_image(image, optics.pixel_size, settings, pad, searched)
     return Micrograph(
         whitened=whitened_real_image(prepared),
         template_filter=prepared.template_filter,

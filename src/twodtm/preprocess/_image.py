@@ -126,13 +126,38 @@ def _noise_density(
     return (w * power).sum() / w.sum().clamp_min(1e-30) / max(data_pixels, 1)
 
 
+def _flatten_excluded(
+    values: torch.Tensor, searched: torch.Tensor, replaced: int
+) -> tuple[torch.Tensor, int]:
+    """Set excluded pixels to the searched ones' mean; count the noisy pixels.
+
+    ``replaced`` outliers (flat too) are taken as lying in the searched region;
+    they are a few pixels in millions.
+
+    Examples
+    --------
+    >>> values = torch.tensor([[1.0, 3.0, 50.0]])
+    >>> filled, noisy = _flatten_excluded(values, torch.tensor([[1, 1, 0]]) > 0, 0)
+    >>> filled.tolist(), noisy
+    ([[1.0, 3.0, 2.0]], 2)
+    """
+    inside = searched.to(torch.bool)
+    count = int(inside.sum())
+    mean = 0.0
+    if count:
+        mean = float(values[inside].to(torch.float64).mean())
+    filled = torch.where(inside, values, values.new_tensor(mean))
+    return filled, max(count - replaced, 1)
+
+
 def prepare_image(
     image: torch.Tensor,
     pixel_size: float,
     settings: FilterSettings,
     pad_to_fft_friendly: bool = True,
+    searched: torch.Tensor | None = None,
 ) -> PreparedImage:
-    """Replace outliers, normalise, pad, whiten and transform a micrograph.
+    """Replace outliers, flatten excluded pixels, normalise, pad, whiten, transform.
 
     Parameters
     ----------
@@ -144,6 +169,13 @@ def prepare_image(
         Outliers, contrast, whitening and bandpass.
     pad_to_fft_friendly : bool
         Zero-pad (after mean subtraction) to sizes with small prime factors.
+    searched : torch.Tensor, optional
+        ``(H, W)`` bool search mask (``twodtm.masking``), True where searched.
+        Excluded pixels are set to the searched pixels' mean (after the outliers
+        are replaced), so that carbon or ice leaves no edge and no power in the
+        whitening filter, and the noise density is that of the searched pixels
+        alone: every program that whitens a masked micrograph (the search and
+        the local searches after it) gets the same image.
 
     Returns
     -------
@@ -179,6 +211,10 @@ def prepare_image(
     values, replaced = image.to(torch.float32), 0
     if settings.outlier_sigma is not None:
         values, replaced = replace_outliers(values, settings.outlier_sigma)
+    # replaced and excluded pixels are flat: they carry no noise
+    noisy = shape[0] * shape[1] - replaced
+    if searched is not None:
+        values, noisy = _flatten_excluded(values, searched.to(values.device), replaced)
     centred = values - values.to(torch.float64).mean().to(torch.float32)
     if settings.contrast_inverted:
         centred = -centred
@@ -194,9 +230,7 @@ def prepare_image(
     # Unit density where templates pass (a cut or bandpass leaves the rest out of
     # every correlation); replaced pixels are flat and carry no noise.
     in_band = (whitening > 0) * band.square()
-    density = _noise_density(
-        whitened, in_band, padded_shape, shape[0] * shape[1] - replaced
-    )
+    density = _noise_density(whitened, in_band, padded_shape, noisy)
     scale = density.sqrt().clamp_min(1e-30).to(torch.float32)
     return PreparedImage(
         whitened_dft=(whitened / scale).to(torch.complex64),

@@ -11,7 +11,6 @@ checkpoint's fingerprint), and ``decode_maps`` turns the statistics into maps.
 from __future__ import annotations
 
 import hashlib
-import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -20,11 +19,10 @@ import torch
 
 from twodtm.config import MatchConfig
 from twodtm.ctf import Optics
-from twodtm.masking import auto_exclusion, fill_excluded, searched_fraction
 from twodtm.model_template import model_template_settings
 from twodtm.orientations import orientation_grid
-from twodtm.preprocess import prepare_image, prepare_template, replace_outliers
-from twodtm.programs.inputs import check_match_inputs, read_mask
+from twodtm.preprocess import prepare_image, prepare_template
+from twodtm.programs.inputs import check_match_inputs, clean_micrograph
 from twodtm.search.executors import SearchTask
 from twodtm.search.inputs import build_search_inputs
 from twodtm.search.memory import padded_size
@@ -73,8 +71,8 @@ class MatchInputs:
     ``preprocess.replace_outliers``), once on the host, so that every worker
     searches the same image and the count reaches the result. ``searched`` is
     the ``(H, W)`` bool search mask (None: everywhere), from the mask file and
-    the automatic exclusion; where it is False the micrograph holds the
-    searched pixels' mean already (``masking.fill_excluded``).
+    the automatic exclusion (``programs.inputs.search_mask``); ``prepare_image``
+    flattens the excluded pixels on each device.
     """
 
     micrograph: np.ndarray
@@ -92,32 +90,6 @@ class MatchInputs:
         return int(self.searched.size - np.count_nonzero(self.searched))
 
 
-def _search_mask(
-    config: MatchConfig, micrograph: np.ndarray, template_size: int
-) -> np.ndarray | None:
-    """Combine the mask file with the automatic exclusion (None: search all).
-
-    The exclusion is computed on the micrograph before whitening (outliers
-    replaced, so that one hot pixel is not a local-mean outlier).
-    """
-    masking = config.masking
-    shape = (int(micrograph.shape[0]), int(micrograph.shape[1]))
-    searched = np.ones(shape, dtype=bool)
-    if masking.mask is not None:
-        searched = read_mask(masking.mask, shape)
-    if masking.auto_exclude:
-        excluded = auto_exclusion(
-            micrograph,
-            config.optics.pixel_size,
-            template_size,
-            masking.exclusion_settings(),
-        )
-        searched = searched & ~excluded
-    if searched.all():
-        return None
-    return searched
-
-
 def load_inputs(config: MatchConfig) -> MatchInputs:
     """Read and check the micrograph and template named by ``config``.
 
@@ -129,21 +101,20 @@ def load_inputs(config: MatchConfig) -> MatchInputs:
     # An atomic-model template is simulated in memory here; run_match instead
     # caches its map in the result directory (model_template.resolve_model_template).
     checked = check_match_inputs(config, model_template_settings(config))
-    micrograph, replaced = checked.micrograph, 0
-    sigma = config.preprocessing.outlier_sigma
-    if sigma is not None:
-        cleaned, replaced = replace_outliers(torch.from_numpy(micrograph), sigma)
-        micrograph = cleaned.numpy()
-    searched = _search_mask(config, micrograph, int(checked.template.shape[-1]))
-    if searched is not None:
-        micrograph = fill_excluded(micrograph, searched)
+    clean = clean_micrograph(
+        checked.micrograph,
+        config.preprocessing.outlier_sigma,
+        config.masking,
+        config.optics.pixel_size,
+        int(checked.template.shape[-1]),
+    )
     return MatchInputs(
-        micrograph=micrograph,
+        micrograph=clean.data,
         template=checked.template,
         optics=config.optics.to_optics(),
         template_pixel_size=checked.template_pixel_size,
-        replaced_pixels=replaced,
-        searched=searched,
+        replaced_pixels=clean.replaced_pixels,
+        searched=clean.searched,
     )
 
 
@@ -216,13 +187,8 @@ def prepare_task(
         # load_inputs replaced the outliers already
         replace(config.preprocessing.filter_settings(), outlier_sigma=None),
         config.preprocessing.pad_to_fft_friendly,
+        searched=None if inputs.searched is None else torch.from_numpy(inputs.searched),
     )
-    if inputs.searched is not None:
-        # Excluded pixels are flat (load_inputs filled them) and hold no noise:
-        # the noise density prepare_image measured per pixel is that of the
-        # searched ones times their share; rescale it to 1 over the searched.
-        share = math.sqrt(searched_fraction(inputs.searched))
-        image = replace(image, whitened_dft=image.whitened_dft * share)
     template = torch.from_numpy(inputs.template).to(device)
     t = int(template.shape[-1])
     padding = config.preprocessing.template_padding

@@ -11,6 +11,7 @@ voxel size (the local search scales its slices to the micrograph), and the
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +19,14 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from twodtm.config import LocalSearch, OutputConfig, Preprocessing
+from twodtm.config import (
+    ConstrainedConfig,
+    LocalSearch,
+    Masking,
+    OutputConfig,
+    Preprocessing,
+    RefineConfig,
+)
 from twodtm.ctf import Optics
 from twodtm.io.tables import read_particles
 from twodtm.local import (
@@ -38,6 +46,7 @@ __all__ = [
     "all_or_nothing",
     "local_settings_from",
     "output_directory",
+    "read_map_and_micrograph",
     "read_micrograph",
     "read_particle_table",
     "read_template",
@@ -70,28 +79,47 @@ def local_settings_from(
 
 
 def read_micrograph(
-    path: str, optics: Optics, fields: Preprocessing, device: torch.device
+    path: str,
+    optics: Optics,
+    fields: Preprocessing,
+    masking: Masking,
+    template_size: int,
+    device: torch.device,
+    say_outliers: bool = True,
 ) -> Micrograph:
-    """Read and check a 2D micrograph (``programs.inputs``), whiten it on ``device``."""
+    """Read and check a 2D micrograph (``programs.inputs``), whiten it on ``device``.
+
+    Its outliers are replaced and its excluded pixels flattened as ``twodtm
+    match`` does (``programs.inputs.clean_micrograph``, with the template box
+    ``template_size`` for the automatic exclusion), so that particles are
+    refined against the image they were found in. ``say_outliers``: warn of the
+    replaced outliers (``twodtm run`` said it in its search already).
+    """
     data = inputs.read_micrograph(path).data
-    micrograph = prepare_micrograph(
-        torch.from_numpy(data).to(device),
-        optics,
-        fields.filter_settings(),
-        fields.pad_to_fft_friendly,
+    clean = inputs.clean_micrograph(
+        data, fields.outlier_sigma, masking, optics.pixel_size, template_size
     )
-    if micrograph.replaced_pixels:
+    searched = None if clean.searched is None else torch.from_numpy(clean.searched)
+    micrograph = prepare_micrograph(
+        torch.from_numpy(clean.data).to(device),
+        optics,
+        # replaced already, once, as the search does
+        dataclasses.replace(fields.filter_settings(), outlier_sigma=None),
+        fields.pad_to_fft_friendly,
+        searched,
+    )
+    if clean.replaced_pixels and say_outliers:
         # the particle programs' one channel to the log is a warning line
         warnings.warn(
             outlier_note(
                 Path(path).name,
-                micrograph.replaced_pixels,
+                clean.replaced_pixels,
                 data.size,
                 fields.outlier_sigma,
             ),
             stacklevel=2,
         )
-    return micrograph
+    return dataclasses.replace(micrograph, replaced_pixels=clean.replaced_pixels)
 
 
 def read_template(
@@ -110,6 +138,22 @@ def read_template(
     checked = inputs.read_template(path, policy, None, model)
     volume = torch.from_numpy(checked.data).to(device)
     return make_template(volume, checked.pixel_size, fields.template_padding)
+
+
+def read_map_and_micrograph(
+    config: RefineConfig | ConstrainedConfig, device: torch.device
+) -> tuple[Template, Micrograph]:
+    """Read the template map of ``config`` and whiten its micrograph as searched."""
+    template = read_template(config.template, config.preprocessing, device)
+    micrograph = read_micrograph(
+        config.micrograph,
+        config.optics.to_optics(),
+        config.preprocessing,
+        config.masking,
+        template.size,
+        device,
+    )
+    return template, micrograph
 
 
 def read_particle_table(path: str) -> pd.DataFrame:

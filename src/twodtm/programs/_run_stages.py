@@ -134,8 +134,17 @@ def refine_stage(
     if len(particles):
         device = resolve_devices(stage.compute.device)[0]
         fields = config.preprocessing
-        micrograph = read_micrograph(config.micrograph, optics, fields, device)
         template = read_template(config.template, fields, device)
+        # the search whitened the masked micrograph and said what it replaced
+        micrograph = read_micrograph(
+            config.micrograph,
+            optics,
+            fields,
+            config.masking,
+            template.size,
+            device,
+            say_outliers=False,
+        )
         settings = local_settings_from(
             stage.search, stage.compute.orientations_per_chunk
         )

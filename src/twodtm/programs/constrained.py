@@ -20,9 +20,8 @@ from twodtm.model_template import resolve_model_template
 from twodtm.programs._particles import (
     local_settings_from,
     output_directory,
-    read_micrograph,
+    read_map_and_micrograph,
     read_particle_table,
-    read_template,
 )
 
 __all__ = ["run_constrained"]
@@ -40,11 +39,8 @@ def run_constrained(
     directory = output_directory(output, config.output, "particles.star", overwrite)
     config = resolve_model_template(config, directory)
     device = resolve_devices(config.compute.device)[0]
-    micrograph = read_micrograph(
-        config.micrograph, config.optics.to_optics(), config.preprocessing, device
-    )
     partners = read_particle_table(config.particles)
-    template = read_template(config.template, config.preprocessing, device)
+    template, micrograph = read_map_and_micrograph(config, device)
     relative = config.relative_pose
     placement = Placement.from_euler(relative.orientation, relative.offset)
     settings = local_settings_from(config.search, config.compute.orientations_per_chunk)

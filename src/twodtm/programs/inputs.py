@@ -24,11 +24,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 
-from twodtm.config import MatchConfig, Preprocessing
+from twodtm.config import Masking, MatchConfig, Preprocessing
 from twodtm.errors import InputDataError, OutputExistsError, OutputWriteError
 from twodtm.io.mrc import MrcData, read_mrc
+from twodtm.masking import auto_exclusion
 from twodtm.model_template import ModelTemplateSettings, load_template
+from twodtm.preprocess import replace_outliers
 from twodtm.programs._repair import pad_to_cube, pad_to_even, resample_volume
 
 # Relative pixel-size difference the engine absorbs by scaling its Fourier slices.
@@ -325,6 +328,87 @@ def read_mask(path: str | os.PathLike[str], shape: tuple[int, int]) -> np.ndarra
     return searched
 
 
+@dataclass(frozen=True)
+class CleanMicrograph:
+    """A micrograph with its outliers replaced, and where it is searched.
+
+    Attributes
+    ----------
+    data : np.ndarray
+        ``(H, W)`` micrograph, ``replaced_pixels`` outliers replaced
+        (``preprocess.replace_outliers``).
+    replaced_pixels : int
+        Outliers replaced (0 when ``preprocessing.outlier_sigma`` is null).
+    searched : np.ndarray or None
+        ``(H, W)`` bool search mask (``search_mask``); None: everywhere.
+    """
+
+    data: np.ndarray
+    replaced_pixels: int
+    searched: np.ndarray | None
+
+
+def clean_micrograph(
+    data: np.ndarray,
+    outlier_sigma: float | None,
+    masking: Masking,
+    pixel_size: float,
+    template_size: int,
+) -> CleanMicrograph:
+    """Replace a micrograph's outliers, then find where it is searched.
+
+    What every program does to a micrograph before ``preprocess.prepare_image``
+    (given the mask as ``searched`` and ``outlier_sigma`` null), so that the
+    search and the local searches after it whiten the same image.
+    """
+    replaced = 0
+    if outlier_sigma is not None:
+        cleaned, replaced = replace_outliers(torch.from_numpy(data), outlier_sigma)
+        data = cleaned.numpy()
+    searched = search_mask(masking, data, pixel_size, template_size)
+    return CleanMicrograph(data, replaced, searched)
+
+
+def search_mask(
+    masking: Masking, micrograph: np.ndarray, pixel_size: float, template_size: int
+) -> np.ndarray | None:
+    """Combine the mask file with the automatic exclusion (None: search all).
+
+    The one mask of a micrograph: the search and the local searches after it
+    whiten the same image (``preprocess.prepare_image``'s ``searched``). The
+    exclusion is computed on ``micrograph`` as given: pass it with its outliers
+    replaced, so that one hot pixel is not a local-mean outlier.
+
+    Parameters
+    ----------
+    masking : Masking
+        The config's ``masking`` section.
+    micrograph : np.ndarray
+        ``(H, W)`` micrograph, outliers replaced.
+    pixel_size : float
+        Micrograph pixel size, Angstrom.
+    template_size : int
+        Template box t, pixels (the exclusion's window and dilation).
+
+    Returns
+    -------
+    np.ndarray or None
+        ``(H, W)`` bool, True where searched; None when nothing is excluded.
+    """
+    shape = (int(micrograph.shape[0]), int(micrograph.shape[1]))
+    searched = np.ones(shape, dtype=bool)
+    if masking.mask is not None:
+        searched = read_mask(masking.mask, shape)
+    if masking.auto_exclude:
+        excluded = auto_exclusion(
+            micrograph, pixel_size, template_size, masking.exclusion_settings()
+        )
+        searched = searched & ~excluded
+    if searched.all():
+        return None
+    return searched
+
+
 def read_template(
     path: str | os.PathLike[str],
     policy: TemplatePolicy,
@@ -475,6 +559,7 @@ def claim_output(
 
 __all__ = [
     "CheckedInputs",
+    "CleanMicrograph",
     "TemplatePolicy",
     "check_match_inputs",
     "check_micrograph",
@@ -482,8 +567,10 @@ __all__ = [
     "check_signal",
     "check_template",
     "claim_output",
+    "clean_micrograph",
     "read_mask",
     "read_micrograph",
     "read_template",
+    "search_mask",
     "template_policy",
 ]

@@ -61,20 +61,21 @@ def _plot_sweep(result: SweepResult, path: str | Path) -> Path:
 
 def _source(
     config: OptimizeConfig, device: torch.device
-) -> tuple[TemplateSource, float]:
+) -> tuple[TemplateSource, float, int]:
+    """Return the templates to sweep, the nominal voxel size (A) and the box."""
     p = config.preprocessing
     if config.model is not None:
         box, nominal = config.box_size, config.nominal_pixel_size
         if box is None or nominal is None:  # guarded by the config validator
             raise InputDataError("model: box_size and nominal_pixel_size are required")
-        return simulated_model_source(
-            config.model, box, device, p.template_padding
-        ), nominal
+        source = simulated_model_source(config.model, box, device, p.template_padding)
+        return source, nominal, box
     path = str(config.template)
     nominal = (
         config.nominal_pixel_size or p.template_pixel_size or read_mrc(path).pixel_size
     )
-    return rescaled_map_source(read_template(path, p, device, nominal)), nominal
+    template = read_template(path, p, device, nominal)
+    return rescaled_map_source(template), nominal, template.size
 
 
 def _sweep_settings(fields: PixelSizeSweepConfig) -> SweepSettings:
@@ -95,11 +96,16 @@ def run_optimize(
     directory = output_directory(output, config.output, "optimize.json", overwrite)
     config = resolve_model_template(config, directory, config.nominal_pixel_size)
     device = resolve_devices(config.compute.device)[0]
-    micrograph = read_micrograph(
-        config.micrograph, config.optics.to_optics(), config.preprocessing, device
-    )
     particles = read_particle_table(config.particles)
-    source, nominal = _source(config, device)
+    source, nominal, box = _source(config, device)
+    micrograph = read_micrograph(
+        config.micrograph,
+        config.optics.to_optics(),
+        config.preprocessing,
+        config.masking,
+        box,
+        device,
+    )
     settings = local_settings_from(config.search, config.compute.orientations_per_chunk)
     result = sweep_pixel_size(
         micrograph,

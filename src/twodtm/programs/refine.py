@@ -21,9 +21,8 @@ from twodtm.programs._particles import (
     all_or_nothing,
     local_settings_from,
     output_directory,
-    read_micrograph,
+    read_map_and_micrograph,
     read_particle_table,
-    read_template,
 )
 
 __all__ = ["run_refine"]
@@ -42,11 +41,8 @@ def run_refine(
     directory = output_directory(output, config.output, "particles.star", overwrite)
     config = resolve_model_template(config, directory)
     device = resolve_devices(config.compute.device)[0]
-    micrograph = read_micrograph(
-        config.micrograph, config.optics.to_optics(), config.preprocessing, device
-    )
     particles = read_particle_table(config.particles)
-    template = read_template(config.template, config.preprocessing, device)
+    template, micrograph = read_map_and_micrograph(config, device)
     settings = local_settings_from(config.search, config.compute.orientations_per_chunk)
     refined = refine_particles(micrograph, template, particles, settings)
     name = Path(config.micrograph).name

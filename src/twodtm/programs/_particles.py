@@ -23,6 +23,7 @@ from twodtm.config import (
     ConstrainedConfig,
     LocalSearch,
     Masking,
+    MatchConfig,
     OutputConfig,
     Preprocessing,
     RefineConfig,
@@ -141,9 +142,15 @@ def read_template(
 
 
 def read_map_and_micrograph(
-    config: RefineConfig | ConstrainedConfig, device: torch.device
+    config: RefineConfig | ConstrainedConfig | MatchConfig,
+    device: torch.device,
+    say_outliers: bool = True,
 ) -> tuple[Template, Micrograph]:
-    """Read the template map of ``config`` and whiten its micrograph as searched."""
+    """Read the template map of ``config`` and whiten its micrograph as searched.
+
+    ``config`` is a particle program's, or the ``MatchConfig`` of the search
+    whose picks ``twodtm run`` refines; ``say_outliers`` as ``read_micrograph``.
+    """
     template = read_template(config.template, config.preprocessing, device)
     micrograph = read_micrograph(
         config.micrograph,
@@ -152,6 +159,7 @@ def read_map_and_micrograph(
         config.masking,
         template.size,
         device,
+        say_outliers,
     )
     return template, micrograph
 

@@ -25,9 +25,8 @@ from twodtm.picking import PEAKS_RECORD, PeakSettings, pick_peaks
 from twodtm.programs._particles import (
     all_or_nothing,
     local_settings_from,
-    read_micrograph,
+    read_map_and_micrograph,
     read_particle_table,
-    read_template,
 )
 from twodtm.programs.match import run_match
 from twodtm.programs.peaks import write_picks
@@ -133,18 +132,8 @@ def refine_stage(
     refined = particles
     if len(particles):
         device = resolve_devices(stage.compute.device)[0]
-        fields = config.preprocessing
-        template = read_template(config.template, fields, device)
-        # the search whitened the masked micrograph and said what it replaced
-        micrograph = read_micrograph(
-            config.micrograph,
-            optics,
-            fields,
-            config.masking,
-            template.size,
-            device,
-            say_outliers=False,
-        )
+        # the search said what it replaced already
+        template, micrograph = read_map_and_micrograph(config, device, False)
         settings = local_settings_from(
             stage.search, stage.compute.orientations_per_chunk
         )

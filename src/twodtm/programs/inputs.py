@@ -340,7 +340,8 @@ class CleanMicrograph:
     replaced_pixels : int
         Outliers replaced (0 when ``preprocessing.outlier_sigma`` is null).
     searched : np.ndarray or None
-        ``(H, W)`` bool search mask (``search_mask``); None: everywhere.
+        ``(H, W)`` bool search mask (the mask file and the automatic
+        exclusion); None: everywhere.
     """
 
     data: np.ndarray
@@ -365,11 +366,11 @@ def clean_micrograph(
     if outlier_sigma is not None:
         cleaned, replaced = replace_outliers(torch.from_numpy(data), outlier_sigma)
         data = cleaned.numpy()
-    searched = search_mask(masking, data, pixel_size, template_size)
+    searched = _search_mask(masking, data, pixel_size, template_size)
     return CleanMicrograph(data, replaced, searched)
 
 
-def search_mask(
+def _search_mask(
     masking: Masking, micrograph: np.ndarray, pixel_size: float, template_size: int
 ) -> np.ndarray | None:
     """Combine the mask file with the automatic exclusion (None: search all).
@@ -571,6 +572,5 @@ __all__ = [
     "read_mask",
     "read_micrograph",
     "read_template",
-    "search_mask",
     "template_policy",
 ]
